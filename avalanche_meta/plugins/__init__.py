@@ -1,0 +1,1 @@
+"""Avalanche plugins of avalanche-meta (append one export line per plugin)."""

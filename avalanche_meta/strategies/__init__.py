@@ -1,0 +1,1 @@
+"""Avalanche strategies of avalanche-meta (append one export line per strategy)."""
