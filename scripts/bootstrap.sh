@@ -66,6 +66,6 @@ fi
 
 echo "[bootstrap] installing avalanche-meta (editable, with dev extras)"
 "${PIP[@]}" install -q -e "$ROOT[dev]"
-"$VENV/bin/python" -c "import avalanche_meta, learn2learn, avalanche, torchvision"
+"$VENV/bin/python" -c "from avalanche_meta.utils.quiet_import import import_learn2learn; import_learn2learn(); import avalanche, torchvision"
 echo "$want" > "$STAMP"
 echo "[bootstrap] done: $VENV"
