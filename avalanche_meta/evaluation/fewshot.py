@@ -1,0 +1,599 @@
+"""Few-shot evaluation: N-way K-shot task sampling, fine-tuning on the support set, and
+an Avalanche metric reporting query accuracy with a 95% confidence interval.
+
+The protocol is the one of Finn et al. (2017) and Nichol et al. (2018): sample ``M``
+test tasks (600 by default) from the classes of an evaluation experience, adapt a copy
+of the model on each task's support set, measure the accuracy on its query set, report
+the mean and the 95% confidence interval ``1.96 * std / sqrt(M)``.
+
+Pieces, from the core outwards:
+
+- :class:`FewShotTaskSampler`: N-way (K + Q)-shot tasks drawn through learn2learn
+  (``MetaDataset``, ``TaskDataset`` with ``NWays``, ``KShots``, ``LoadData``,
+  ``RemapLabels``, ``ConsecutiveLabels``), labels remapped to ``0..N-1``, with the two
+  Omniglot task augmentations (90-degree rotations of classes as new classes; random
+  rotation of a whole task).
+- :func:`fine_tune` and :func:`few_shot_accuracy`: adapt a scratch copy of any model
+  and score it; the model passed in is never modified.
+- :class:`FewShotAccuracy`: a ``PluginMetric`` for ``EvaluationPlugin``; it runs
+  :func:`few_shot_accuracy` on every evaluation experience and emits
+  ``FewShotAcc_Exp`` / ``FewShotAcc95CI_Exp`` (and ``FewShotAcc_Stream``) through
+  the loggers.
+
+Models whose output layer has a size other than ``ways`` (a Naive or transfer model
+with one unit per training class) are handled by giving the scratch copy a new,
+zero-initialised ``ways``-unit linear layer in place of the model's *last*
+``nn.Linear`` (the "simple" transfer baseline's new head); the other parameters start
+from the trained values and every parameter is fine-tuned. Models whose last linear
+layer already has ``ways`` outputs (MAML, Reptile) are fine-tuned from their
+meta-learned initialisation, head included.
+
+Batch normalisation: by default (``transductive=True``) the copy stays in training
+mode while it adapts and while it predicts the query set, so batch-norm layers use
+the statistics of the task's own batch, as in the MAML, Reptile and learn2learn
+Omniglot results (Nichol et al. label this setting "transductive"). Running
+statistics never leak between tasks because each task starts from a fresh copy.
+
+This module imports learn2learn's data utilities for the sampling (through
+:func:`avalanche_meta.utils.quiet_import.import_learn2learn`), nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avalanche.evaluation import PluginMetric
+from avalanche.evaluation.metric_results import MetricValue
+from avalanche.evaluation.metric_utils import get_metric_name
+from avalanche.models.utils import avalanche_forward
+
+from avalanche_meta.utils.quiet_import import import_learn2learn
+from avalanche_meta.utils.validation import (
+    check_choice,
+    check_finite_loss,
+    check_in_interval,
+    check_non_negative,
+    check_positive,
+)
+
+__all__ = [
+    "FewShotTask",
+    "FewShotTaskSampler",
+    "FewShotResult",
+    "rotate_images",
+    "split_support_query",
+    "dataset_tensors",
+    "fine_tune",
+    "few_shot_accuracy",
+    "FewShotAccuracy",
+    "fewshot_metrics",
+]
+
+
+@dataclass
+class FewShotTask:
+    """One N-way task: support and query sets, labels in ``0..N-1``.
+
+    ``support_y`` holds ``shots`` examples of each class, ``query_y`` ``query_shots``.
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+    def to(self, device) -> "FewShotTask":
+        """The task on ``device``."""
+        return FewShotTask(
+            self.support_x.to(device),
+            self.support_y.to(device),
+            self.query_x.to(device),
+            self.query_y.to(device),
+        )
+
+
+def rotate_images(x: Tensor, k: int) -> Tensor:
+    """Rotate a batch of images ``(B, C, H, W)`` by ``k * 90`` degrees (counter-clockwise)."""
+    return torch.rot90(x, k, dims=(-2, -1))
+
+
+def _check_images(x: Tensor, what: str) -> None:
+    if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(
+            f"`{what}` rotates images by 90 degrees, which needs square image inputs of "
+            f"shape (N, C, H, H); the data have shape {tuple(x.shape)}. Turn `{what}` off "
+            "for non-image data (or reshape the inputs to images)."
+        )
+
+
+def split_support_query(x: Tensor, y: Tensor, ways: int, shots: int) -> FewShotTask:
+    """Split the ``ways * (shots + Q)`` samples of a task into support and query.
+
+    The first ``shots`` samples of each label (in the order given) form the support
+    set, the rest the query set.
+
+    :param x: the task's inputs.
+    :param y: its labels, in ``0..ways-1``, the same number of samples per label.
+    """
+    order = torch.sort(y, stable=True).indices
+    x, y = x[order], y[order]
+    per_class = y.numel() // ways
+    if per_class * ways != y.numel() or per_class <= shots:
+        raise ValueError(
+            f"a task with {y.numel()} samples cannot give {ways} classes x ({shots} "
+            "support + at least 1 query) samples."
+        )
+    xs = x.reshape(ways, per_class, *x.shape[1:])
+    ys = y.reshape(ways, per_class)
+    return FewShotTask(
+        xs[:, :shots].reshape(ways * shots, *x.shape[1:]),
+        ys[:, :shots].reshape(-1),
+        xs[:, shots:].reshape(ways * (per_class - shots), *x.shape[1:]),
+        ys[:, shots:].reshape(-1),
+    )
+
+
+class FewShotTaskSampler:
+    """N-way K-shot tasks (plus Q query samples per class) from labelled tensors.
+
+    Sampling goes through learn2learn: a ``MetaDataset`` over the tensors and a
+    ``TaskDataset`` with ``NWays(ways)``, ``KShots(shots + query_shots)``,
+    ``LoadData``, ``RemapLabels`` and ``ConsecutiveLabels``.
+
+    :param x: inputs, one row per sample (images ``(N, C, H, W)`` for the rotations).
+    :param y: integer class labels.
+    :param ways: N, classes per task.
+    :param shots: K, support samples per class.
+    :param query_shots: Q, query samples per class (0 for Reptile-style tasks that
+        have only a training set, returned as the support set).
+    :param class_rotations: add the 90, 180 and 270-degree rotations of every class
+        as new classes (the standard Omniglot protocol, 4x the classes).
+    :param task_rotation_prob: probability of rotating a whole task (support and
+        query) by 90 or 270 degrees (chosen uniformly).
+    :param seed: seed of the sampler's own random generator (None: unseeded). The
+        global ``random`` state is left as it was.
+    :param name: how errors call the data (e.g. ``"experience 2"``).
+
+    Example::
+
+        sampler = FewShotTaskSampler(x, y, ways=5, shots=1, query_shots=15, seed=0)
+        task = sampler.sample()  # task.support_x: (5, 1, 28, 28), task.query_y: (75,)
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        *,
+        ways: int,
+        shots: int,
+        query_shots: int,
+        class_rotations: bool = False,
+        task_rotation_prob: float = 0.0,
+        seed: Optional[int] = None,
+        name: str = "the data",
+    ):
+        check_positive("ways", ways, integer=True)
+        check_positive("shots", shots, integer=True)
+        check_non_negative("query_shots", query_shots, integer=True)
+        check_in_interval("task_rotation_prob", task_rotation_prob, 0.0, 1.0)
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"{name}: {x.shape[0]} inputs but {y.shape[0]} labels; they must match."
+            )
+        y = torch.as_tensor(y).long().reshape(-1)
+        if class_rotations:
+            _check_images(x, "class_rotations")
+        if task_rotation_prob > 0:
+            _check_images(x, "task_rotation_prob")
+        # Consecutive class ids, then (optionally) the rotated copies as new classes.
+        _, y = torch.unique(y, return_inverse=True)
+        if class_rotations:
+            n_base = int(y.max()) + 1
+            x = torch.cat([rotate_images(x, k) for k in range(4)])
+            y = torch.cat([y + k * n_base for k in range(4)])
+        self.x, self.y = x.contiguous(), y
+        self.ways, self.shots, self.query_shots = ways, shots, query_shots
+        self.task_rotation_prob = float(task_rotation_prob)
+        counts = torch.bincount(y)
+        self.num_classes = int(counts.numel())
+        if self.num_classes < ways:
+            raise ValueError(
+                f"{name} has {self.num_classes} classes, fewer than `ways`={ways}: lower "
+                "`ways` or give the experience more classes."
+            )
+        need = shots + query_shots
+        if int(counts.min()) < need:
+            raise ValueError(
+                f"`shots` + `query_shots` = {shots} + {query_shots} = {need} samples per "
+                f"class are needed, but a class of {name} has only {int(counts.min())}: "
+                "lower `shots` or `query_shots`."
+            )
+        self._rng = random.Random(seed)
+        l2l = import_learn2learn()
+        labels_to_indices: Dict[int, List[int]] = {}
+        for i, label in enumerate(y.tolist()):
+            labels_to_indices.setdefault(label, []).append(i)
+        dataset = torch.utils.data.TensorDataset(self.x, self.y)
+        meta = l2l.data.MetaDataset(dataset, labels_to_indices=labels_to_indices)
+        tr = l2l.data.transforms
+        self.taskset = l2l.data.TaskDataset(
+            meta,
+            task_transforms=[
+                tr.NWays(meta, n=ways),
+                tr.KShots(meta, k=need),
+                tr.LoadData(meta),
+                tr.RemapLabels(meta),
+                tr.ConsecutiveLabels(meta),
+            ],
+            num_tasks=-1,
+        )
+
+    @contextmanager
+    def _own_random(self) -> Iterator[None]:
+        # learn2learn samples with the global `random` module: swap in our state.
+        saved = random.getstate()
+        random.setstate(self._rng.getstate())
+        try:
+            yield
+        finally:
+            self._rng.setstate(random.getstate())
+            random.setstate(saved)
+
+    def sample(self) -> FewShotTask:
+        """Draw one task (support and query), labels in ``0..ways-1``."""
+        with self._own_random():
+            x, y = self.taskset.sample()
+            rotate = (
+                self.task_rotation_prob > 0
+                and random.random() < self.task_rotation_prob
+            )
+            k = random.choice((1, 3)) if rotate else 0
+        if k:
+            x = rotate_images(x, k)
+        if self.query_shots == 0:
+            order = torch.sort(y, stable=True).indices
+            return FewShotTask(x[order], y[order], x[:0], y[:0])
+        return split_support_query(x, y, self.ways, self.shots)
+
+    def state_dict(self) -> dict:
+        """The sampler's random state (to resume the same task sequence)."""
+        return {"rng": self._rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self._rng.setstate(state["rng"])
+
+
+def dataset_tensors(dataset, batch_size: int = 1024) -> Tuple[Tensor, Tensor]:
+    """All inputs and labels of a (map-style) dataset, as two tensors.
+
+    Works for Avalanche datasets (``[x, y, t]`` items) and plain ``(x, y)`` ones; the
+    dataset's current transforms are applied.
+    """
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    xs, ys = [], []
+    for batch in loader:
+        xs.append(batch[0])
+        ys.append(torch.as_tensor(batch[1]))
+    if not xs:
+        raise ValueError("the evaluation dataset is empty.")
+    return torch.cat(xs), torch.cat(ys).long()
+
+
+def _last_linear(model: nn.Module) -> Tuple[nn.Module, str, nn.Linear]:
+    """The parent, attribute name and module of ``model``'s last ``nn.Linear``."""
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            found = (name, module)
+    if found is None:
+        raise ValueError(
+            "few-shot evaluation needs a model whose output layer is an nn.Linear "
+            "(to give it `ways` outputs); this model has no nn.Linear."
+        )
+    name, module = found
+    parent = model
+    *path, attr = name.split(".")
+    for part in path:
+        parent = getattr(parent, part)
+    return parent, attr, module
+
+
+def _with_ways_head(model: nn.Module, ways: int, reset_head: Optional[bool]) -> nn.Module:
+    """A deep copy of ``model`` whose last linear layer has ``ways`` outputs."""
+    scratch = copy.deepcopy(model)
+    parent, attr, head = _last_linear(scratch)
+    if reset_head is None:
+        reset_head = head.out_features != ways
+    if reset_head:
+        new = nn.Linear(
+            head.in_features,
+            ways,
+            bias=head.bias is not None,
+            device=head.weight.device,
+            dtype=head.weight.dtype,
+        )
+        nn.init.zeros_(new.weight)
+        if new.bias is not None:
+            nn.init.zeros_(new.bias)
+        setattr(parent, attr, new)
+    elif head.out_features != ways:
+        raise ValueError(
+            f"the model's last linear layer has {head.out_features} outputs, not "
+            f"`ways`={ways}; use reset_head=None or True to give it a new head."
+        )
+    return scratch
+
+
+def _logits(model: nn.Module, x: Tensor) -> Tensor:
+    t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    return avalanche_forward(model, x, t)
+
+
+def fine_tune(
+    model: nn.Module,
+    support_x: Tensor,
+    support_y: Tensor,
+    *,
+    inner_lr: float,
+    inner_steps: int,
+    optimizer: str = "sgd",
+    transductive: bool = True,
+) -> nn.Module:
+    """Adapt ``model`` in place: ``inner_steps`` full-batch steps on the support loss.
+
+    :param optimizer: ``"sgd"`` (MAML's inner loop) or ``"adam"`` (Reptile's,
+        ``betas=(0, 0.999)`` as in Nichol et al.).
+    :return: ``model``.
+    """
+    model.train(transductive)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=inner_lr)
+    else:
+        opt = torch.optim.Adam(params, lr=inner_lr, betas=(0.0, 0.999))
+    with torch.enable_grad():
+        for step in range(inner_steps):
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(_logits(model, support_x), support_y)
+            check_finite_loss(loss, f"few-shot fine-tuning, step {step}")
+            loss.backward()
+            opt.step()
+    return model
+
+
+@dataclass
+class FewShotResult:
+    """Query accuracies of ``M`` tasks: mean and 95% confidence interval (in [0, 1])."""
+
+    accuracies: List[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        """Mean query accuracy over the tasks."""
+        return sum(self.accuracies) / len(self.accuracies)
+
+    @property
+    def ci95(self) -> float:
+        """Half-width of the 95% confidence interval of the mean, ``1.96 s / sqrt(M)``."""
+        m = len(self.accuracies)
+        if m < 2:
+            return float("nan")
+        mu = self.mean
+        var = sum((a - mu) ** 2 for a in self.accuracies) / (m - 1)
+        return 1.96 * math.sqrt(var / m)
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.2f} +- {100 * self.ci95:.2f}% ({len(self.accuracies)} tasks)"
+
+
+def few_shot_accuracy(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    ways: int = 5,
+    shots: int = 1,
+    query_shots: int = 15,
+    num_tasks: int = 600,
+    inner_lr: float = 0.4,
+    inner_steps: int = 10,
+    optimizer: str = "sgd",
+    transductive: bool = True,
+    reset_head: Optional[bool] = None,
+    seed: Optional[int] = 0,
+    device: Optional[torch.device] = None,
+) -> FewShotResult:
+    """Few-shot query accuracy of ``model`` on ``num_tasks`` tasks drawn from ``(x, y)``.
+
+    Each task starts from a fresh copy of ``model`` (see the module docstring for the
+    head and batch-norm handling), fine-tuned by :func:`fine_tune`; ``model`` itself is
+    left unchanged (parameters, buffers and train/eval mode).
+
+    :param seed: seeds the task sampler, so that every model is scored on the same
+        tasks (paired comparisons); None draws new tasks each call.
+    """
+    check_positive("num_tasks", num_tasks, integer=True)
+    check_positive("inner_lr", inner_lr)
+    check_non_negative("inner_steps", inner_steps, integer=True)
+    check_choice("optimizer", optimizer, ("sgd", "adam"))
+    device = device or next(model.parameters()).device
+    sampler = FewShotTaskSampler(
+        x, y, ways=ways, shots=shots, query_shots=query_shots, seed=seed
+    )
+    scratch = _with_ways_head(model, ways, reset_head).to(device)
+    start = {k: v.detach().clone() for k, v in scratch.state_dict().items()}
+    result = FewShotResult()
+    for _ in range(num_tasks):
+        task = sampler.sample().to(device)
+        scratch.load_state_dict(start)
+        fine_tune(
+            scratch,
+            task.support_x,
+            task.support_y,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            optimizer=optimizer,
+            transductive=transductive,
+        )
+        with torch.no_grad():
+            pred = _logits(scratch, task.query_x).argmax(dim=1)
+        result.accuracies.append((pred == task.query_y).float().mean().item())
+    return result
+
+
+class FewShotAccuracy(PluginMetric[float]):
+    """Few-shot accuracy of the strategy's model on every evaluation experience.
+
+    After each evaluation experience it samples ``num_tasks`` N-way K-shot tasks from
+    the experience's classes (the same tasks at every evaluation, through ``seed``
+    plus the experience id), fine-tunes a copy of the model on each support set and
+    emits, through ``EvaluationPlugin`` and its loggers (values in [0, 1]):
+
+    - ``FewShotAcc_Exp/eval_phase/<stream>_stream[/TaskXXX]/ExpYYY``: mean accuracy;
+    - ``FewShotAcc95CI_Exp/...``: half-width of the 95% confidence interval;
+    - ``FewShotAcc_Stream/eval_phase/<stream>_stream``: mean over the evaluated
+      experiences (after the whole stream).
+
+    Works for any strategy's model; see :func:`few_shot_accuracy`. The per-experience
+    results of the last evaluation are in :attr:`results` (``{exp_id: FewShotResult}``)
+    and the accuracy matrix of the run in :attr:`matrix` (``R[i][j]``: mean few-shot
+    accuracy on eval experience ``j`` after training experience ``i``, fractions; the
+    shape :mod:`avalanche_meta.evaluation.metrics`'s ``average_accuracy``, ``bwt`` and
+    ``forgetting`` take), with the confidence intervals in :attr:`ci_matrix`.
+
+    Example::
+
+        evaluator = EvaluationPlugin(
+            FewShotAccuracy(ways=5, shots=1, inner_lr=0.4, inner_steps=10),
+            loggers=[InteractiveLogger()],
+        )
+    """
+
+    def __init__(
+        self,
+        *,
+        ways: int = 5,
+        shots: int = 1,
+        query_shots: int = 15,
+        num_tasks: int = 600,
+        inner_lr: float = 0.4,
+        inner_steps: int = 10,
+        optimizer: str = "sgd",
+        transductive: bool = True,
+        reset_head: Optional[bool] = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        check_positive("ways", ways, integer=True)
+        check_positive("shots", shots, integer=True)
+        check_positive("query_shots", query_shots, integer=True)
+        check_positive("num_tasks", num_tasks, integer=True)
+        check_positive("inner_lr", inner_lr)
+        check_non_negative("inner_steps", inner_steps, integer=True)
+        check_choice("optimizer", optimizer, ("sgd", "adam"))
+        self.kwargs = dict(
+            ways=ways,
+            shots=shots,
+            query_shots=query_shots,
+            num_tasks=num_tasks,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            optimizer=optimizer,
+            transductive=transductive,
+            reset_head=reset_head,
+        )
+        self.seed = seed
+        self.results: Dict[int, FewShotResult] = {}
+        self._rows: Dict[int, Dict[int, FewShotResult]] = {}
+        self._trained: Optional[int] = None
+
+    @property
+    def matrix(self) -> List[List[Optional[float]]]:
+        """``R[i][j]`` (mean accuracy, fraction), None where not evaluated."""
+        return self._table(lambda r: r.mean)
+
+    @property
+    def ci_matrix(self) -> List[List[Optional[float]]]:
+        """The 95% confidence half-widths of :attr:`matrix`."""
+        return self._table(lambda r: r.ci95)
+
+    def _table(self, value) -> List[List[Optional[float]]]:
+        if not self._rows:
+            return []
+        k = max(self._rows) + 1
+        T = max(j for r in self._rows.values() for j in r) + 1
+        return [
+            [
+                value(self._rows[i][j]) if j in self._rows.get(i, {}) else None
+                for j in range(T)
+            ]
+            for i in range(k)
+        ]
+
+    def before_training_exp(self, strategy) -> None:
+        self._trained = strategy.experience.current_experience
+
+    def result(self) -> Optional[float]:
+        """Mean few-shot accuracy over the experiences of the last evaluation."""
+        if not self.results:
+            return None
+        return sum(r.mean for r in self.results.values()) / len(self.results)
+
+    def reset(self) -> None:
+        """Forget the results."""
+        self.results = {}
+
+    def before_eval(self, strategy) -> None:
+        self.reset()
+
+    def after_eval_exp(self, strategy) -> List[MetricValue]:
+        exp_id = strategy.experience.current_experience
+        x, y = dataset_tensors(strategy.adapted_dataset)
+        res = few_shot_accuracy(
+            strategy.model,
+            x,
+            y,
+            seed=self.seed + 1000003 * exp_id,
+            device=strategy.device,
+            **self.kwargs,
+        )
+        self.results[exp_id] = res
+        if self._trained is not None:
+            self._rows.setdefault(self._trained, {})[exp_id] = res
+        step = strategy.clock.train_iterations
+        return [
+            MetricValue(
+                self, get_metric_name(self, strategy, add_experience=True), res.mean, step
+            ),
+            MetricValue(
+                self,
+                get_metric_name("FewShotAcc95CI_Exp", strategy, add_experience=True),
+                res.ci95,
+                step,
+            ),
+        ]
+
+    def after_eval(self, strategy) -> List[MetricValue]:
+        if not self.results:
+            return []
+        name = get_metric_name("FewShotAcc_Stream", strategy, add_task=False)
+        return [MetricValue(self, name, self.result(), strategy.clock.train_iterations)]
+
+    def __str__(self) -> str:
+        return "FewShotAcc_Exp"
+
+
+def fewshot_metrics(**kwargs) -> List[PluginMetric]:
+    """``[FewShotAccuracy(**kwargs)]``, to unpack into ``EvaluationPlugin(...)``."""
+    return [FewShotAccuracy(**kwargs)]
