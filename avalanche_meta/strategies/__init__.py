@@ -1,1 +1,2 @@
 """Avalanche strategies of avalanche-meta (append one export line per strategy)."""
+from avalanche_meta.strategies.bir import BrainInspiredReplay, replay_vae

@@ -1,0 +1,469 @@
+"""The VAE family of brain-inspired replay (van de Ven, Siegelmann & Tolias, Nat. Commun. 2020).
+
+One fully connected variational auto-encoder, :class:`ReplayVAE`, whose parts are the
+paper's switches:
+
+- a softmax classifier on top of the encoder's last hidden layer
+  (``num_classes=...``): *replay through feedback*, one model that classifies and
+  generates; without it the VAE is the separate generator of deep generative replay;
+- a prior that is standard normal (``prior="standard"``) or a Gaussian mixture with one
+  learned mode per class (``prior="gmm"``): *conditional replay*, classes can be
+  generated on demand;
+- fixed random binary gates on the decoder's hidden layers, one mask per class or per
+  task (``gate_keep=0.8, gate_contexts=..., gate_by="class" | "task"``): *gating based
+  on internal context*; the masks are buffers, saved in ``state_dict``;
+- a reconstruction loss that is binary cross-entropy on pixels in [0, 1]
+  (``recon="bce"``) or squared error (``recon="mse"``), the latter for *internal replay*
+  where the VAE models the hidden activations of a frozen feature extractor (the
+  strategy puts the extractor in front, see
+  :class:`avalanche_meta.strategies.BrainInspiredReplay`; small and CIFAR-style conv
+  front-ends are in :mod:`avalanche_meta.models.conv`).
+
+Loss scaling, as in the paper's code: the generative loss of a sample is
+``(reconstruction + KL) / D`` with ``D`` the number of input features (the
+reconstruction term is averaged over features and the KL term divided by ``D``), so it
+is on the scale of the classification loss.
+
+The squared-error reconstruction is the negative log-likelihood of a unit-variance
+Gaussian without its constant, ``0.5 * ||x - x_hat||^2``.
+
+:class:`ReplayVAE` implements Avalanche's
+:class:`avalanche.models.generator.Generator` interface,
+``generate(batch_size, condition)``, so Avalanche code can draw samples from it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from avalanche.models.generator import Generator
+from torch import Tensor, nn
+
+from avalanche_meta.models.gates import ContextGates
+from avalanche_meta.utils.validation import (
+    check_choice,
+    check_in_interval,
+    check_non_negative,
+    check_positive,
+)
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+# -- the maths, as plain functions ------------------------------------------------------
+def log_normal_diag(z: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
+    """``log N(z; mean, diag(exp(logvar)))``, summed over the last dimension."""
+    return -0.5 * (_LOG_2PI + logvar + (z - mean).pow(2) / logvar.exp()).sum(-1)
+
+
+def kl_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
+    """Closed-form ``KL(N(mu, exp(logvar)) || N(0, I))`` per sample (Kingma & Welling)."""
+    return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(-1)
+
+
+def kl_diag_gaussians(
+    mu_q: Tensor, logvar_q: Tensor, mu_p: Tensor, logvar_p: Tensor
+) -> Tensor:
+    """Closed-form ``KL(N(mu_q, var_q) || N(mu_p, var_p))`` for diagonal Gaussians, per sample."""
+    return 0.5 * (
+        logvar_p
+        - logvar_q
+        + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp()
+        - 1.0
+    ).sum(-1)
+
+
+class StandardNormalPrior(nn.Module):
+    """The standard normal prior ``p(z) = N(0, I)`` (unconditional replay).
+
+    :param z_dim: size of the latent space.
+    """
+
+    n_modes = 0
+
+    def __init__(self, z_dim: int):
+        super().__init__()
+        self.z_dim = z_dim
+        self.register_buffer("_anchor", torch.zeros(0))  # gives the prior a device
+
+    def kl(self, mu: Tensor, logvar: Tensor, z: Tensor, y: Optional[Tensor] = None):
+        """Closed-form KL term per sample (``z`` and ``y`` are not used)."""
+        return kl_standard_normal(mu, logvar)
+
+    def sample(self, n: int, modes: Optional[Tensor] = None) -> Tensor:
+        """``n`` latent vectors from ``N(0, I)``."""
+        return torch.randn(n, self.z_dim, device=self._anchor.device)
+
+
+class GaussianMixturePrior(nn.Module):
+    """A Gaussian mixture prior with one learned diagonal mode per class (conditional replay).
+
+    ``p(z | y) = N(means[y], diag(exp(logvars[y])))`` and ``p(z)`` is the uniform
+    mixture of the modes. Means start as standard normal draws, log-variances at 0.
+
+    The KL term of a sample whose class ``y`` is known is computed in **closed form**
+    against its class's mode, ``KL(q(z|x) || p(z|y))``; without a class it is the
+    single-sample **Monte-Carlo** estimate ``log q(z|x) - log p(z)`` against the
+    whole mixture. The paper's code uses the Monte-Carlo form in both cases (and, for
+    replayed samples, a mixture weighted by the previous model's soft predictions);
+    here a replayed sample's class is the class it was generated from, which is
+    known exactly, so the closed form applies (same expectation, no sampling noise).
+
+    :param z_dim: size of the latent space.
+    :param n_modes: number of modes (classes).
+    """
+
+    def __init__(self, z_dim: int, n_modes: int):
+        super().__init__()
+        check_positive("n_modes", n_modes, integer=True)
+        self.z_dim = z_dim
+        self.n_modes = n_modes
+        self.means = nn.Parameter(torch.randn(n_modes, z_dim))
+        self.logvars = nn.Parameter(torch.zeros(n_modes, z_dim))
+
+    def _check_modes(self, y: Tensor) -> Tensor:
+        y = y.to(self.means.device).long().flatten()
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_modes):
+            raise ValueError(
+                f"class {int(y.max())} has no mode in a prior of {self.n_modes} "
+                f"modes: build the prior with n_modes >= {int(y.max()) + 1}."
+            )
+        return y
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """``log p(z)`` under the uniform mixture, per sample."""
+        per_mode = log_normal_diag(
+            z.unsqueeze(1), self.means.unsqueeze(0), self.logvars.unsqueeze(0)
+        )
+        return torch.logsumexp(per_mode, dim=1) - math.log(self.n_modes)
+
+    def kl(self, mu: Tensor, logvar: Tensor, z: Tensor, y: Optional[Tensor] = None):
+        """KL term per sample: closed form given ``y``, Monte-Carlo (with ``z``) without."""
+        if y is None:
+            return log_normal_diag(z, mu, logvar) - self.log_prob(z)
+        y = self._check_modes(y)
+        return kl_diag_gaussians(mu, logvar, self.means[y], self.logvars[y])
+
+    def sample(self, n: int, modes: Optional[Tensor] = None) -> Tensor:
+        """``n`` latent vectors from the given modes (default: uniformly drawn modes)."""
+        if modes is None:
+            modes = torch.randint(self.n_modes, (n,), device=self.means.device)
+        modes = self._check_modes(modes)
+        std = (0.5 * self.logvars[modes]).exp()
+        return self.means[modes] + std * torch.randn_like(std)
+
+
+class VAEOutput(NamedTuple):
+    """Everything one pass of :meth:`ReplayVAE.evaluate` computes, per sample."""
+
+    hidden: Tensor  #: the encoder's last hidden layer
+    logits: Optional[Tensor]  #: classifier scores (None without a classifier)
+    mu: Tensor
+    logvar: Tensor
+    z: Tensor
+    x_recon: Tensor  #: flat reconstruction
+    recon: Tensor  #: reconstruction loss per sample (summed over features)
+    kl: Tensor  #: KL term per sample
+    generation: Tensor  #: ``(recon + kl) / D`` per sample
+
+
+def _mlp(sizes: Sequence[int]) -> nn.ModuleList:
+    return nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+class ReplayVAE(Generator, nn.Module):
+    """Fully connected VAE with optional classifier, mixture prior and decoder gates.
+
+    Encoder: ``input_size -> hidden_sizes`` (ReLU) ``-> (mu, logvar)`` of size
+    ``z_dim``; the classifier (if ``num_classes``) is linear on the encoder's last
+    hidden layer. Decoder: the mirror image, ``z_dim -> reversed(hidden_sizes)``
+    (ReLU, each gated if gates are on) ``-> input_size`` (sigmoid for ``"bce"``).
+
+    :param input_size: features per input (inputs are flattened).
+    :param hidden_sizes: widths of the encoder's hidden layers (paper: 2 x 400 for
+        split MNIST, 2 x 2000 for permuted MNIST and CIFAR-100).
+    :param z_dim: latent size (paper: 100).
+    :param num_classes: size of the classifier on the encoder (None: a generator
+        only, as in deep generative replay).
+    :param prior: ``"standard"`` or ``"gmm"`` (one learned mode per class).
+    :param n_modes: modes of the ``"gmm"`` prior (default ``num_classes``).
+    :param gate_keep: proportion of decoder hidden units each context keeps, in
+        (0, 1]; 0 turns gating off (paper: 0.8 on MNIST).
+    :param gate_contexts: number of gate contexts (classes, or tasks).
+    :param gate_by: ``"class"`` (Task-IL, Class-IL) or ``"task"`` (Domain-IL).
+    :param recon: ``"bce"`` (pixels in [0, 1]) or ``"mse"`` (hidden activations).
+    :param output_shape: the shape of one sample (default ``(input_size,)``);
+        :meth:`generate` reshapes to it.
+
+    Example::
+
+        vae = ReplayVAE(input_size=784, num_classes=10, prior="gmm",
+                        gate_keep=0.8, gate_contexts=10, output_shape=(1, 28, 28))
+        images = vae.generate(16, condition=3)   # sixteen 3s
+    """
+
+    def __init__(
+        self,
+        *,
+        input_size: int,
+        hidden_sizes: Sequence[int] = (400, 400),
+        z_dim: int = 100,
+        num_classes: Optional[int] = None,
+        prior: str = "standard",
+        n_modes: Optional[int] = None,
+        gate_keep: float = 0.0,
+        gate_contexts: int = 0,
+        gate_by: str = "class",
+        recon: str = "bce",
+        output_shape: Optional[Sequence[int]] = None,
+    ):
+        nn.Module.__init__(self)
+        check_positive("input_size", input_size, integer=True)
+        check_positive("z_dim", z_dim, integer=True)
+        if not hidden_sizes:
+            raise ValueError("`hidden_sizes` must name at least one hidden layer.")
+        for i, h in enumerate(hidden_sizes):
+            check_positive(f"hidden_sizes[{i}]", h, integer=True)
+        if num_classes is not None:
+            check_positive("num_classes", num_classes, integer=True)
+        check_choice("prior", prior, ("standard", "gmm"))
+        check_choice("recon", recon, ("bce", "mse"))
+        check_choice("gate_by", gate_by, ("class", "task"))
+        check_non_negative("gate_keep", gate_keep)
+        if gate_keep:
+            check_in_interval(
+                "gate_keep",
+                gate_keep,
+                0.0,
+                1.0,
+                low_open=True,
+                hint="Use 0 to turn the decoder gates off.",
+            )
+            if not gate_contexts:
+                raise ValueError(
+                    "`gate_contexts` must be > 0 when the decoder gates are on "
+                    "(`gate_keep` > 0): the number of classes (gate_by='class') or "
+                    "tasks (gate_by='task')."
+                )
+        self.input_size = int(input_size)
+        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        self.z_dim = int(z_dim)
+        self.num_classes = num_classes
+        self.recon_type = recon
+        self.gate_by = gate_by
+        self.output_shape = tuple(output_shape or (self.input_size,))
+        if math.prod(self.output_shape) != self.input_size:
+            raise ValueError(
+                f"`output_shape` {self.output_shape} has "
+                f"{math.prod(self.output_shape)} features but `input_size` is "
+                f"{self.input_size}."
+            )
+
+        self.encoder = _mlp((self.input_size,) + self.hidden_sizes)
+        width = self.hidden_sizes[-1]
+        self.to_mu = nn.Linear(width, self.z_dim)
+        self.to_logvar = nn.Linear(width, self.z_dim)
+        self.classifier = (
+            nn.Linear(width, num_classes) if num_classes is not None else None
+        )
+        dec_sizes = (self.z_dim,) + tuple(reversed(self.hidden_sizes))
+        self.decoder = _mlp(dec_sizes)
+        self.to_x = nn.Linear(dec_sizes[-1], self.input_size)
+
+        if prior == "gmm":
+            n_modes = n_modes if n_modes is not None else num_classes
+            if n_modes is None:
+                raise ValueError(
+                    "prior='gmm' needs one mode per class: give `num_classes` or "
+                    "`n_modes`."
+                )
+            self.prior = GaussianMixturePrior(self.z_dim, n_modes)
+        else:
+            self.prior = StandardNormalPrior(self.z_dim)
+        self.gates = (
+            ContextGates(gate_contexts, dec_sizes[1:], gate_keep) if gate_keep else None
+        )
+
+    # -- properties ---------------------------------------------------------------------
+    @property
+    def conditional(self) -> bool:
+        """True if the prior has one mode per class (classes can be generated)."""
+        return isinstance(self.prior, GaussianMixturePrior)
+
+    @property
+    def gated(self) -> bool:
+        """True if the decoder's hidden layers are gated."""
+        return self.gates is not None
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise a clear error if ``x`` does not have ``input_size`` features per sample."""
+        if x.dim() == 0 or x[0].numel() != self.input_size:
+            got = tuple(x.shape[1:]) if x.dim() else ()
+            raise ValueError(
+                f"the VAE was built for inputs of {self.input_size} features, got "
+                f"inputs of shape {got} ({x[0].numel() if x.dim() else 0} features): "
+                f"build it with input_size={x[0].numel() if x.dim() else 0}, or "
+                "check that internal replay's feature extractor is in front."
+            )
+
+    # -- encoder and classifier ---------------------------------------------------------
+    def encode(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Return the encoder's last hidden layer, ``mu`` and ``logvar``."""
+        self.check_input(x)
+        h = x.flatten(1)
+        for layer in self.encoder:
+            h = F.relu(layer(h))
+        return h, self.to_mu(h), self.to_logvar(h)
+
+    def classify_hidden(self, hidden: Tensor) -> Tensor:
+        """Classifier scores from the encoder's last hidden layer."""
+        if self.classifier is None:
+            raise ValueError(
+                "this VAE has no classifier: build it with `num_classes` to use it "
+                "as a classifier (replay through feedback)."
+            )
+        return self.classifier(hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Classifier scores (logits) of ``x``: what Avalanche's metrics see."""
+        return self.classify_hidden(self.encode(x)[0])
+
+    def get_features(self, x: Tensor) -> Tensor:
+        """The encoder's last hidden layer (Avalanche ``BaseModel`` interface)."""
+        return self.encode(x)[0]
+
+    # -- decoder ------------------------------------------------------------------------
+    def decode(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        """Flat reconstruction of ``z``; ``context`` (class or task ids) selects the gates."""
+        if self.gates is not None and context is None:
+            raise ValueError(
+                "the decoder is gated: give the context (class ids for "
+                "gate_by='class', task ids for gate_by='task') of every sample."
+            )
+        h = z
+        for i, layer in enumerate(self.decoder):
+            h = F.relu(layer(h))
+            if self.gates is not None:
+                h = self.gates(h, i, context)
+        out = self.to_x(h)
+        return torch.sigmoid(out) if self.recon_type == "bce" else out
+
+    @staticmethod
+    def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
+        """``z = mu + exp(logvar / 2) * eps`` (during training and evaluation alike)."""
+        return mu + (0.5 * logvar).exp() * torch.randn_like(mu)
+
+    def reconstruction_loss(self, x: Tensor, x_recon: Tensor) -> Tensor:
+        """Reconstruction loss per sample, summed over features."""
+        x = x.flatten(1)
+        if self.recon_type == "bce":
+            return F.binary_cross_entropy(x_recon, x, reduction="none").sum(1)
+        return 0.5 * (x_recon - x).pow(2).sum(1)
+
+    def evaluate(
+        self,
+        x: Tensor,
+        y: Optional[Tensor] = None,
+        context: Optional[Tensor] = None,
+    ) -> VAEOutput:
+        """One pass through encoder, classifier and decoder, with per-sample losses.
+
+        :param x: inputs (any shape with ``input_size`` features per sample).
+        :param y: class ids; selects the prior's mode (conditional prior) and, with
+            ``gate_by="class"``, the gates. Required by a gated ``"class"`` decoder.
+        :param context: task ids for ``gate_by="task"`` gates.
+        """
+        hidden, mu, logvar = self.encode(x)
+        logits = self.classifier(hidden) if self.classifier is not None else None
+        z = self.reparameterize(mu, logvar)
+        gate_ctx = y if self.gate_by == "class" else context
+        x_recon = self.decode(z, gate_ctx)
+        recon = self.reconstruction_loss(x, x_recon)
+        kl = self.prior.kl(mu, logvar, z, y if self.conditional else None)
+        generation = (recon + kl) / self.input_size
+        return VAEOutput(hidden, logits, mu, logvar, z, x_recon, recon, kl, generation)
+
+    # -- generation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        classes: Optional[Sequence[int]] = None,
+        contexts: Optional[Sequence[int]] = None,
+    ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """Generate ``n`` flat samples.
+
+        :param n: number of samples.
+        :param classes: classes to draw uniformly from (conditional prior or class
+            gates); None: every mode / gate context.
+        :param contexts: tasks to draw uniformly from for ``gate_by="task"`` gates;
+            None: every context.
+        :return: ``(x, y, t)``: the samples, the class each was generated from (None
+            if the generation was not class-conditional) and the task context of the
+            gates (None unless ``gate_by="task"``).
+        """
+        device = self.to_x.weight.device
+        y = t = None
+        class_gates = self.gates is not None and self.gate_by == "class"
+        if self.conditional or class_gates:
+            pool = (
+                torch.as_tensor(list(classes), device=device, dtype=torch.long)
+                if classes is not None
+                else torch.arange(
+                    self.prior.n_modes if self.conditional else self.gates.n_contexts,
+                    device=device,
+                )
+            )
+            if pool.numel() == 0:
+                raise ValueError("`classes` is empty: there is no class to generate.")
+            y = pool[torch.randint(pool.numel(), (n,), device=device)]
+        if self.gates is not None and self.gate_by == "task":
+            pool = (
+                torch.as_tensor(list(contexts), device=device, dtype=torch.long)
+                if contexts is not None
+                else torch.arange(self.gates.n_contexts, device=device)
+            )
+            t = pool[torch.randint(pool.numel(), (n,), device=device)]
+        z = self.prior.sample(n, y if self.conditional else None)
+        x = self.decode(z, y if class_gates else t)
+        return x, y, t
+
+    @torch.no_grad()
+    def generate(
+        self,
+        batch_size: Optional[int] = None,
+        condition: Union[None, int, Sequence[int], Tensor] = None,
+    ) -> Tensor:
+        """Avalanche's ``Generator`` interface: samples shaped as ``output_shape``.
+
+        :param batch_size: number of samples (default 1).
+        :param condition: a class id, or one class id per sample (needs a
+            conditional prior or class gates); None draws classes uniformly.
+        """
+        n = batch_size or 1
+        if condition is None:
+            x, _, _ = self.sample(n)
+        else:
+            if not (self.conditional or (self.gated and self.gate_by == "class")):
+                raise ValueError(
+                    "this VAE cannot generate chosen classes: build it with "
+                    "prior='gmm' (conditional replay) or class gates."
+                )
+            cond = torch.as_tensor(condition, dtype=torch.long).flatten()
+            if cond.numel() == 1:
+                cond = cond.expand(n)
+            if cond.numel() != n:
+                raise ValueError(
+                    f"`condition` has {cond.numel()} class ids for {n} samples."
+                )
+            device = self.to_x.weight.device
+            cond = cond.to(device)
+            z = self.prior.sample(n, cond if self.conditional else None)
+            t = None
+            if self.gated and self.gate_by == "task":
+                t = torch.randint(self.gates.n_contexts, (n,), device=device)
+            x = self.decode(z, cond if self.gate_by == "class" else t)
+        return x.view(n, *self.output_shape)
