@@ -1,0 +1,500 @@
+"""Neuron calibration for online continual learning (NCCL; Yin, Yang, Li, NeurIPS 2021).
+
+Named ``NeuronCalibration`` (``nccl`` on the command line only) so that it is not
+confused with torch's distributed backend, which is also called "nccl".
+
+Algorithm, per incoming batch ``(x, y, t)`` of task ``k`` (one pass, batch 10):
+
+1. ``B_M``: a replay batch from the episodic memory (samples of every task stored so
+   far); ``B_P``: a batch of the memory restricted to past tasks (``!= k``).
+2. If ``k >= 1`` (the outer loop runs from the second task on): the importance
+   ``Lambda`` of every calibrated weight (:func:`fisher_importance` of the
+   distillation loss on ``B_P``) and ``theta~_old``, the calibrated weights now.
+3. Inner loop, base parameters ``theta`` only: ``inner_steps`` SGD steps on
+   ``L_b = CE(x, y) + gamma * (CE(B_M) + reg * KL(softmax(z_M / T) || stored))``.
+4. Outer loop, calibration parameters ``psi``, ``lambda`` only, once, if ``k >= 1``:
+   ``L_c = consolidation * 1/2 (theta~ - theta~_old)^T Lambda (theta~ - theta~_old)
+   + beta * KL`` on ``B_P``, evaluated at the parameters after the inner loop.
+   ``second_order=True`` differentiates ``L_c`` through the inner updates (the
+   inner loop runs on a learn2learn functional clone, ``clone_module`` /
+   ``update_module``); ``False`` treats the updated ``theta`` as a constant.
+5. The batch enters the memory with the (masked) logits the model now gives it.
+
+Where this departs from, or fixes what the paper leaves open:
+
+- the paper's term (a) has no weight; ``consolidation`` (default 1) weighs it and
+  ``consolidation=0`` is the "no consolidation term" ablation;
+- the Fisher-style importance: see :func:`~avalanche_meta.models.calibration.fisher_importance`
+  (batch gradient, chain rule through ``psi``, normalised to mean 1);
+- the KL direction is SPEC's ``KL(current || stored)``, over the units active when
+  each sample was stored; no ``T^2`` factor;
+- the memory (:class:`~avalanche_meta.models.calibration.CalibrationMemory`) is
+  shared equally by the tasks seen so far (reservoir within each task), so the
+  number of tasks need not be known; the inner loop replays every stored sample
+  (also of the current task, as ER does), the outer loop only past tasks;
+- the outer loss uses its own memory batch ``B_P``, not a held-out query set;
+- Task-IL and Class-IL use one head masked by
+  :class:`~avalanche_meta.utils.scenario.ActiveUnits` (Task-IL: each sample's task
+  classes; Class-IL: every class seen so far); Avalanche multi-head models are
+  refused, because heads created later would not be calibrated;
+- with ``second_order=True`` the inner steps of outer iterations run on a clone,
+  so plugins' forward/backward/update callbacks fire only in the first-order inner
+  steps (the first task, or ``second_order=False``).
+
+Task boundaries: the task index grows when the training experience changes: the
+origin experience of an online sub-experience when it is readable
+(``access_task_boundaries=True``), else the experience itself, else each call to
+``train()`` (the pattern ``for exp in stream: strategy.train(split_online_stream([exp], 10))``).
+
+Example::
+
+    from avalanche_meta.models import MLP
+    model = MLP(input_size=784, hidden_sizes=(100, 100), num_classes=10)
+    strategy = NeuronCalibration(
+        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        scenario="class", mem_size=500)
+    for exp in benchmark.train_stream:
+        strategy.train(split_online_stream([exp], experience_size=10))
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from avalanche.benchmarks import OnlineCLExperience
+from avalanche.benchmarks.scenarios.generic_scenario import MaskedAttributeError
+from avalanche.models import MultiTaskModule
+from avalanche.training.plugins.evaluation import default_evaluator
+from avalanche.training.templates import SupervisedTemplate
+from avalanche.models.dynamic_optimizers import update_optimizer
+from torch import Tensor, nn
+from torch.nn import CrossEntropyLoss
+
+from avalanche_meta.models.calibration import (
+    CalibratedLinear,
+    CalibrationMemory,
+    calibrate,
+    calibrated_layers,
+    calibrated_weights,
+    calibration_parameters,
+    consolidation_loss,
+    distillation_kl,
+    fisher_importance,
+    is_calibration_parameter,
+    named_base_parameters,
+    remove_from_optimizer,
+)
+from avalanche_meta.utils.quiet_import import import_learn2learn
+from avalanche_meta.utils.scenario import ActiveUnits, check_scenario
+from avalanche_meta.utils.validation import (
+    check_finite_loss,
+    check_non_negative,
+    check_positive,
+)
+
+
+def _clip(
+    grads: Sequence[Optional[Tensor]], max_norm: Optional[float]
+) -> List[Optional[Tensor]]:
+    """Scale ``grads`` to total norm ``<= max_norm`` (differentiable; None kept)."""
+    grads = list(grads)
+    if max_norm is None:
+        return grads
+    present = [g for g in grads if g is not None]
+    if not present:
+        return grads
+    norm = torch.sqrt(sum((g * g).sum() for g in present))
+    factor = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    return [None if g is None else g * factor for g in grads]
+
+
+class NeuronCalibration(SupervisedTemplate):
+    """NCCL: bi-level online continual learning with calibrated neurons.
+
+    :param model: a plain model (it is calibrated here with ``wcm``/``fcm``/
+        ``combine``) or one already passed through
+        :func:`~avalanche_meta.models.calibration.calibrate` (then used as is).
+    :param optimizer: the optimizer of the base parameters (inner loop). Avalanche
+        would add every model parameter to it; :meth:`make_optimizer` adds only the
+        base parameters. With ``second_order=True`` it must be plain SGD.
+    :param criterion: the classification loss (cross-entropy).
+    :param scenario: ``"task"`` (Task-IL) or ``"class"`` (Class-IL; also right for
+        Domain-IL streams whose classes are all seen from the first task).
+    :param mem_size: episodic memory slots, shared equally by the tasks seen so far.
+    :param mem_batch_size: memory samples per replay batch.
+    :param inner_steps: SGD steps on the base parameters per incoming batch.
+    :param gamma: weight of the memory terms of ``L_b``.
+    :param reg: weight of the distillation KL inside the memory term of ``L_b``.
+    :param temperature: distillation temperature ``T``.
+    :param beta: weight of the distillation term (b) of ``L_c``.
+    :param consolidation: weight of the Fisher-weighted term (a) of ``L_c`` (0: off).
+    :param calibration_lr: learning rate of the SGD step on ``psi``/``lambda``.
+    :param second_order: differentiate ``L_c`` through the inner updates.
+    :param grad_clip: clip the norm of every gradient (base and calibration) to this.
+    :param wcm: weight calibration (when ``model`` is not calibrated yet).
+    :param fcm: feature calibration (when ``model`` is not calibrated yet).
+    :param combine: ``"multiply"`` or ``"add"`` (see :mod:`avalanche_meta.models.calibration`).
+    :param num_classes: output units (default: the last calibrated linear layer's).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion=CrossEntropyLoss(),
+        scenario: str = "class",
+        mem_size: int = 500,
+        mem_batch_size: int = 10,
+        inner_steps: int = 1,
+        gamma: float = 1.0,
+        reg: float = 1.0,
+        temperature: float = 2.0,
+        beta: float = 1.0,
+        consolidation: float = 1.0,
+        calibration_lr: float = 0.01,
+        second_order: bool = False,
+        grad_clip: Optional[float] = None,
+        wcm: bool = True,
+        fcm: bool = True,
+        combine: str = "multiply",
+        num_classes: Optional[int] = None,
+        train_mb_size: int = 10,
+        train_epochs: int = 1,
+        eval_mb_size: Optional[int] = 256,
+        device="cpu",
+        plugins=None,
+        evaluator=default_evaluator,
+        eval_every: int = -1,
+        **kwargs,
+    ):
+        scenario = check_scenario(scenario)
+        if scenario == "domain":
+            scenario = "class"  # all units active once every class was seen
+        check_positive("mem_size", mem_size, integer=True)
+        check_positive("mem_batch_size", mem_batch_size, integer=True)
+        check_positive("inner_steps", inner_steps, integer=True)
+        check_positive("temperature", temperature)
+        check_positive("calibration_lr", calibration_lr)
+        for name, value in (
+            ("gamma", gamma),
+            ("reg", reg),
+            ("beta", beta),
+            ("consolidation", consolidation),
+        ):
+            check_non_negative(name, value)
+        if grad_clip is not None:
+            check_positive("grad_clip", grad_clip)
+        if isinstance(model, MultiTaskModule):
+            raise ValueError(
+                "NeuronCalibration uses one output head masked per task (Task-IL) or "
+                "over the classes seen (Class-IL); Avalanche multi-head models grow "
+                "uncalibrated heads. Pass a single-head model with all the classes."
+            )
+        if second_order:
+            self._check_plain_sgd(optimizer)
+        if not calibrated_layers(model):
+            calibrate(model, wcm=wcm, fcm=fcm, combine=combine)
+        if num_classes is None:
+            heads = [
+                m for m in calibrated_layers(model) if isinstance(m, CalibratedLinear)
+            ]
+            if not heads:
+                raise ValueError(
+                    "cannot infer the number of classes (no calibrated linear layer): "
+                    "pass `num_classes`."
+                )
+            num_classes = heads[-1].out_features
+        super().__init__(
+            model=model,
+            optimizer=optimizer,
+            criterion=criterion,
+            train_mb_size=train_mb_size,
+            train_epochs=train_epochs,
+            eval_mb_size=eval_mb_size,
+            device=device,
+            plugins=plugins,
+            evaluator=evaluator,
+            eval_every=eval_every,
+            **kwargs,
+        )
+        self.scenario = scenario
+        self.mem_size, self.mem_batch_size = mem_size, mem_batch_size
+        self.inner_steps = inner_steps
+        self.gamma, self.reg, self.T = gamma, reg, temperature
+        self.beta, self.consolidation = beta, consolidation
+        self.second_order, self.grad_clip = bool(second_order), grad_clip
+        self.model.to(self.device)
+        self.memory = CalibrationMemory(mem_size).to(self.device)
+        self.active_units = ActiveUnits(num_classes, scenario).to(self.device)
+        # Only psi / lambda; never stepped by the base optimizer (see make_optimizer).
+        self.calibration_optimizer = torch.optim.SGD(
+            calibration_parameters(self.model), lr=calibration_lr
+        )
+        remove_from_optimizer(self.optimizer, calibration_parameters(self.model))
+        self.task_index = 0
+        self._boundary_key: Any = None
+        self._train_calls = 0
+        self._task_labels: List[List[int]] = []
+        self._replay = None
+
+    # -- set-up -------------------------------------------------------------------
+    @staticmethod
+    def _check_plain_sgd(optimizer) -> None:
+        ok = type(optimizer) is torch.optim.SGD and all(
+            g.get("momentum", 0) == 0 and g.get("weight_decay", 0) == 0
+            for g in optimizer.param_groups
+        )
+        if not ok:
+            raise ValueError(
+                "`second_order=True` writes the inner SGD steps functionally to "
+                "differentiate through them: pass `optimizer=torch.optim.SGD(..., lr=...)` "
+                "without momentum or weight decay, or use `second_order=False`."
+            )
+
+    def make_optimizer(
+        self,
+        reset_optimizer_state=False,
+        remove_params=False,
+        verbose_optimizer=False,
+        **kwargs,
+    ):
+        """Avalanche's ``make_optimizer`` over the base parameters only: the
+        calibration parameters are updated by the outer loop alone."""
+        self.optimized_param_id = update_optimizer(
+            self.optimizer,
+            dict(named_base_parameters(self.model)),
+            self.optimized_param_id,
+            reset_state=reset_optimizer_state,
+            remove_params=remove_params,
+            verbose=verbose_optimizer,
+        )
+        remove_from_optimizer(self.optimizer, calibration_parameters(self.model))
+
+    def _before_training(self, **kwargs):
+        self._train_calls += 1
+        super()._before_training(**kwargs)
+
+    def _experience_key(self):
+        exp = self.experience
+        if isinstance(exp, OnlineCLExperience):
+            try:
+                return ("exp", exp.origin_experience.current_experience)
+            except (MaskedAttributeError, AttributeError):
+                return ("call", self._train_calls)
+        try:
+            return ("exp", exp.current_experience)
+        except (MaskedAttributeError, AttributeError):
+            return ("call", self._train_calls)
+
+    def _before_training_exp(self, **kwargs):
+        key = self._experience_key()
+        if self._boundary_key is not None and key != self._boundary_key:
+            self.task_index += 1
+        self._boundary_key = key
+        self.memory.start_task(self.task_index)
+        super()._before_training_exp(**kwargs)
+
+    # -- forward and losses -------------------------------------------------------
+    def _logits(self, net: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+        return self.active_units.mask(net(x), t)
+
+    def forward(self):
+        """Masked logits: Task-IL each sample's task classes, Class-IL seen classes."""
+        return self._logits(self.model, self.mb_x, self.mb_task_id)
+
+    def _distillation(self, net: nn.Module, batch) -> Tensor:
+        xm, _, tm, zm = batch
+        return distillation_kl(self._logits(net, xm, tm), zm, self.T)
+
+    def _replay_loss(self, net: nn.Module) -> Tensor:
+        """``CE(B_M) + reg * KL(B_M)`` (zero without memory)."""
+        if self._replay is None:
+            return torch.zeros((), device=self.device)
+        xm, ym, tm, zm = self._replay
+        z = self._logits(net, xm, tm)
+        loss = self._criterion(z, ym)
+        if self.reg > 0:
+            loss = loss + self.reg * distillation_kl(z, zm, self.T)
+        return loss
+
+    def criterion(self):
+        """Training: ``L_b``; evaluation: the plain cross-entropy."""
+        loss = self._criterion(self.mb_output, self.mb_y)
+        if self.is_training and self.gamma > 0:
+            loss = loss + self.gamma * self._replay_loss(self.model)
+        return loss
+
+    # -- the bi-level step ----------------------------------------------------------
+    def _check_task_labels(self, t: Tensor) -> None:
+        labels = sorted(set(t.tolist()))
+        while len(self._task_labels) <= self.task_index:
+            self._task_labels.append([])
+        current = self._task_labels[self.task_index]
+        if self.scenario == "task" and not current:
+            for k, old in enumerate(self._task_labels[: self.task_index]):
+                if set(old) & set(labels):
+                    raise ValueError(
+                        f"Task-IL (scenario='task') needs a distinct task label per "
+                        f"task, but task {self.task_index} has task label(s) {labels}, "
+                        f"already used by task {k}. Use a benchmark with task labels "
+                        "(e.g. return_task_id=True) or scenario='class'."
+                    )
+        for lab in labels:
+            if lab not in current:
+                current.append(lab)
+
+    def training_epoch(self, **kwargs):
+        """One pass over the (online) experience: one bi-level step per batch."""
+        for self.mbatch in self.dataloader:
+            if self._stop_training:
+                break
+            self._unpack_minibatch()
+            self._before_training_iteration(**kwargs)
+            self._calibrated_step(**kwargs)
+            self._after_training_iteration(**kwargs)
+
+    def _calibrated_step(self, **kwargs) -> None:
+        x, y, t = self.mb_x, self.mb_y, self.mb_task_id
+        k = self.task_index
+        self._check_task_labels(t)
+        self.active_units.observe(y, t)
+        self._replay = (
+            self.memory.sample(self.mem_batch_size) if len(self.memory) else None
+        )
+        past = self.memory.sample(self.mem_batch_size, exclude_task=k)
+        outer = past is not None and (self.beta > 0 or self.consolidation > 0)
+
+        Lambda, theta_tilde_old = None, None
+        if outer:
+            if self.consolidation > 0:
+                Lambda = fisher_importance(
+                    self._distillation(self.model, past), self.model
+                )
+            theta_tilde_old = [
+                w.detach().clone() for w in calibrated_weights(self.model)
+            ]
+
+        if outer and self.second_order:
+            net = self._inner_loop_second_order()
+        else:
+            self._inner_loop_first_order(**kwargs)
+            net = self.model
+
+        if outer:
+            self._outer_step(net, past, Lambda, theta_tilde_old)
+        if net is not self.model:
+            self._copy_base(net)
+        self._store(x, y, t, k)
+
+    def _inner_loop_first_order(self, **kwargs) -> None:
+        """``inner_steps`` optimizer steps on ``L_b`` (callbacks fire as in Avalanche)."""
+        for _ in range(self.inner_steps):
+            self.optimizer.zero_grad()
+            self.loss = self._make_empty_loss()
+            self._before_forward(**kwargs)
+            self.mb_output = self.forward()
+            self._after_forward(**kwargs)
+            self.loss += self.criterion()
+            check_finite_loss(self.loss, "NeuronCalibration inner loop")
+            self._before_backward(**kwargs)
+            self.backward()
+            self._after_backward(**kwargs)
+            if self.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for _, p in named_base_parameters(self.model)], self.grad_clip
+                )
+            self._before_update(**kwargs)
+            self.optimizer_step()
+            self._after_update(**kwargs)
+
+    def _inner_loop_second_order(self) -> nn.Module:
+        """The inner loop on a learn2learn clone, keeping the graph to ``psi``/``lambda``."""
+        l2l = import_learn2learn()
+        learner = l2l.clone_module(self.model)
+        names = [n for n, _ in learner.named_parameters()]
+        base = [i for i, n in enumerate(names) if not is_calibration_parameter(n)]
+        lr = self.optimizer.param_groups[0]["lr"]
+        for _ in range(self.inner_steps):
+            params = [p for _, p in learner.named_parameters()]
+            self.mb_output = self._logits(learner, self.mb_x, self.mb_task_id)
+            loss = self._criterion(self.mb_output, self.mb_y)
+            if self.gamma > 0:
+                loss = loss + self.gamma * self._replay_loss(learner)
+            self.loss = check_finite_loss(loss, "NeuronCalibration inner loop")
+            grads = torch.autograd.grad(
+                loss, [params[i] for i in base], create_graph=True, allow_unused=True
+            )
+            grads = _clip(grads, self.grad_clip)
+            updates: List[Optional[Tensor]] = [None] * len(params)
+            for i, g in zip(base, grads):
+                updates[i] = None if g is None else -lr * g
+            l2l.update_module(learner, updates=updates)
+        return learner
+
+    def _outer_step(self, net: nn.Module, past, Lambda, theta_tilde_old) -> None:
+        """One SGD step of ``psi``/``lambda`` on ``L_c`` (term (a) + beta * term (b))."""
+        psi = calibration_parameters(self.model)
+        L_c = self.beta * self._distillation(net, past)
+        if Lambda is not None:
+            L_c = L_c + self.consolidation * consolidation_loss(
+                calibrated_weights(net), theta_tilde_old, Lambda
+            )
+        check_finite_loss(L_c, "NeuronCalibration outer (calibration) loss")
+        grads = torch.autograd.grad(L_c, psi, allow_unused=True)
+        grads = _clip(
+            [None if g is None else g.detach() for g in grads], self.grad_clip
+        )
+        self.calibration_optimizer.zero_grad()
+        for p, g in zip(psi, grads):
+            p.grad = None if g is None else g
+        self.calibration_optimizer.step()
+        self.calibration_loss = float(L_c.detach())
+
+    @torch.no_grad()
+    def _copy_base(self, learner: nn.Module) -> None:
+        for (n, p), (_, q) in zip(
+            self.model.named_parameters(), learner.named_parameters()
+        ):
+            if not is_calibration_parameter(n):
+                p.copy_(q.detach())
+        for b, c in zip(self.model.buffers(), learner.buffers()):
+            b.copy_(c.detach())
+
+    @torch.no_grad()
+    def _store(self, x: Tensor, y: Tensor, t: Tensor, k: int) -> None:
+        """Add the batch to the memory with the logits the model gives it now."""
+        was_training = self.model.training
+        self.model.eval()
+        z = self._logits(self.model, x, t)
+        self.model.train(was_training)
+        self.memory.add(x, y, t, z, k)
+
+    # -- checkpoints ----------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to resume exactly: model, optimizers, memory, masks,
+        task bookkeeping."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "calibration_optimizer": self.calibration_optimizer.state_dict(),
+            "memory": self.memory.state_dict(),
+            "active_units": self.active_units.state_dict(),
+            "task_index": self.task_index,
+            "boundary_key": self._boundary_key,
+            "train_calls": self._train_calls,
+            "task_labels": [list(v) for v in self._task_labels],
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.calibration_optimizer.load_state_dict(state["calibration_optimizer"])
+        self.memory.load_state_dict(state["memory"])
+        self.active_units.load_state_dict(state["active_units"])
+        self.task_index = int(state["task_index"])
+        self._boundary_key = state["boundary_key"]
+        self._train_calls = int(state["train_calls"])
+        self._task_labels = [list(v) for v in state["task_labels"]]
