@@ -1,0 +1,399 @@
+"""Experience Replay (ER) with a per-example reservoir memory: MER's baseline.
+
+Riemer et al. (ICLR 2019) compare MER with "ER": each incoming example is learned
+together with a batch of random memories (one SGD step on the batch's mean loss), and
+the reservoir memory is updated after every example. This module also holds the
+template both strategies share, :class:`PerExampleReplayTemplate`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Dict, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
+from avalanche.models import MultiTaskModule
+from avalanche.models.utils import avalanche_forward
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.plugins.evaluation import default_evaluator
+from avalanche.training.templates import SupervisedTemplate
+from torch import Tensor, nn
+from torch.optim import SGD, Optimizer
+
+from avalanche_meta.strategies._memory import ReservoirMemory
+from avalanche_meta.utils.scenario import MASK_VALUE, ActiveUnits, check_scenario
+from avalanche_meta.utils.validation import check_finite_loss, check_positive
+
+#: Callbacks that per-example replay does not fire (there is no single loss/backward).
+UNFIRED_CALLBACKS = (
+    "before_forward",
+    "after_forward",
+    "before_backward",
+    "after_backward",
+    "before_update",
+    "after_update",
+)
+
+
+def _plain_sgd_lr(optimizer: Optimizer, lr: Optional[float], name: str) -> float:
+    """Return the learning rate of a plain SGD optimizer, or raise a clear error."""
+    if type(optimizer) is not SGD:
+        raise ValueError(
+            f"{name} performs plain SGD steps itself; `optimizer` must be a "
+            f"torch.optim.SGD without momentum or weight decay (or None), got "
+            f"{type(optimizer).__name__}."
+        )
+    for group in optimizer.param_groups:
+        if (
+            group.get("momentum", 0)
+            or group.get("weight_decay", 0)
+            or group.get("nesterov", False)
+            or group.get("dampening", 0)
+        ):
+            raise ValueError(
+                f"{name} performs plain SGD steps (the paper's); build `optimizer` "
+                "without momentum, dampening, nesterov or weight decay."
+            )
+    group_lrs = {float(g["lr"]) for g in optimizer.param_groups}
+    if len(group_lrs) != 1:
+        raise ValueError(f"{name}: every param group of `optimizer` needs one lr.")
+    opt_lr = group_lrs.pop()
+    if lr is not None and float(lr) != opt_lr:
+        raise ValueError(
+            f"{name}: `lr`={lr} differs from the optimizer's lr={opt_lr}; give one."
+        )
+    return opt_lr
+
+
+class PerExampleReplayTemplate(SupervisedTemplate):
+    """A ``SupervisedTemplate`` that learns each mini-batch example by example.
+
+    For every example of a mini-batch, in order: record its class (and task) in
+    :attr:`active_units`, :meth:`learn_example` (the method's update), then add it to
+    the reservoir :attr:`memory`. Subclasses implement :meth:`learn_example`.
+
+    Scenarios (:class:`~avalanche_meta.utils.scenario.ActiveUnits`): every sample,
+    memories included, carries its task label; its loss and prediction use the
+    classes of its own task (Task-IL), all classes seen so far (Class-IL) or every
+    unit (Domain-IL). Avalanche multi-head models (``MultiTaskModule``) are called
+    through ``avalanche_forward`` with each sample's task label; their outputs are
+    padded to ``num_classes`` units.
+
+    Callbacks: ``before/after_training_iteration`` fire once per mini-batch (with
+    ``mb_output`` the masked logits of the mini-batch after its update and ``loss``
+    their cross-entropy, computed without gradient, as Avalanche's MER does), as do
+    the experience/epoch/eval callbacks. ``before/after_forward``, ``backward`` and
+    ``update`` do not fire: the update is many single-sample steps, not one loss.
+    Plugins that rely on them (EWC, SI, LwF, ...) therefore have no effect; a
+    ``UserWarning`` names any plugin that implements them.
+
+    :param model: any classifier ``model(x) -> logits`` (or an Avalanche
+        ``MultiTaskModule``).
+    :param optimizer: see the subclass.
+    :param mem_size: memory capacity.
+    :param replay_batch_size: ``k``, the size of a replay batch: the current example
+        plus ``k - 1`` memories.
+    :param scenario: ``"task"``, ``"class"`` or ``"domain"``.
+    :param num_classes: number of output units; ``None``: the width of the model's
+        output (required for multi-head models).
+    :param seed: seed of the memory's random generator (reservoir and replay draws);
+        ``None``: drawn from torch's global generator.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: Optimizer,
+        mem_size: int,
+        replay_batch_size: int,
+        scenario: str = "domain",
+        num_classes: Optional[int] = None,
+        seed: Optional[int] = None,
+        train_mb_size: int = 1,
+        train_epochs: int = 1,
+        eval_mb_size: Optional[int] = 256,
+        device: Union[str, torch.device] = "cpu",
+        plugins: Optional[Sequence[SupervisedPlugin]] = None,
+        evaluator: Union[
+            EvaluationPlugin, Callable[[], EvaluationPlugin]
+        ] = default_evaluator,
+        eval_every: int = -1,
+        peval_mode: str = "epoch",
+        **kwargs,
+    ):
+        if "criterion" in kwargs:
+            raise ValueError(
+                f"{type(self).__name__} trains with cross-entropy (the paper's loss); "
+                "`criterion` cannot be changed."
+            )
+        check_positive("mem_size", mem_size, integer=True)
+        check_positive("replay_batch_size", replay_batch_size, integer=True)
+        check_positive("train_mb_size", train_mb_size, integer=True)
+        check_scenario(scenario)
+        if num_classes is not None:
+            check_positive("num_classes", num_classes, integer=True)
+        elif isinstance(model, MultiTaskModule):
+            raise ValueError(
+                "`num_classes` is required with a multi-head (MultiTaskModule) model: "
+                "give the total number of classes of the benchmark."
+            )
+        for plugin in plugins or ():
+            overridden = [
+                name
+                for name in UNFIRED_CALLBACKS
+                if getattr(type(plugin), name, None)
+                is not getattr(SupervisedPlugin, name, None)
+            ]
+            if overridden:
+                warnings.warn(
+                    f"{type(self).__name__} does not fire {', '.join(overridden)}: "
+                    f"plugin {type(plugin).__name__} will not see them (its "
+                    "regularisation or update hooks have no effect).",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        super().__init__(
+            model=model,
+            optimizer=optimizer,
+            train_mb_size=train_mb_size,
+            train_epochs=train_epochs,
+            eval_mb_size=eval_mb_size,
+            device=device,
+            plugins=plugins,
+            evaluator=evaluator,
+            eval_every=eval_every,
+            peval_mode=peval_mode,
+            **kwargs,
+        )
+        self.mem_size = mem_size
+        self.replay_batch_size = replay_batch_size
+        self.scenario = scenario
+        self.num_classes = num_classes
+        self.memory = ReservoirMemory(mem_size, seed=seed).to(self.device)
+        self.active_units: Optional[ActiveUnits] = None
+        if num_classes is not None:
+            self._make_active_units(num_classes)
+
+    # -- scenario and outputs -----------------------------------------------------
+    def _make_active_units(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.active_units = ActiveUnits(num_classes, self.scenario).to(self.device)
+
+    def _raw_logits(self, x: Tensor, t: Tensor) -> Tensor:
+        """The model's logits, padded to ``num_classes`` units for multi-head models."""
+        out = avalanche_forward(self.model, x, t)
+        if self.num_classes is not None and out.shape[-1] != self.num_classes:
+            if out.shape[-1] > self.num_classes or not isinstance(
+                self.model, MultiTaskModule
+            ):
+                raise ValueError(
+                    f"the model gives {out.shape[-1]} outputs but `num_classes` is "
+                    f"{self.num_classes}: build the model with {self.num_classes} "
+                    "outputs or pass the matching `num_classes`."
+                )
+            out = F.pad(out, (0, self.num_classes - out.shape[-1]), value=MASK_VALUE)
+        return out
+
+    def logits(self, x: Tensor, t: Tensor) -> Tensor:
+        """Logits with the units inactive in the scenario masked (per-sample task)."""
+        return self.active_units.mask(self._raw_logits(x, t), t)
+
+    def inactive_units(self, t: Tensor) -> Optional[Tensor]:
+        """Boolean ``(n, num_classes)`` mask of inactive units, or None if all active."""
+        if self.scenario == "domain":
+            return None
+        return ~self.active_units.active(t, t.shape[0])
+
+    def forward(self):
+        if self.active_units is None:
+            self._infer_num_classes()
+        return self.logits(self.mb_x, self.mb_task_id)
+
+    def _infer_num_classes(self) -> None:
+        with torch.no_grad():
+            out = avalanche_forward(self.model, self.mb_x[:1], self.mb_task_id[:1])
+        self._make_active_units(int(out.shape[-1]))
+
+    def _unpack_minibatch(self):
+        super()._unpack_minibatch()
+        if len(self.mbatch) < 3:
+            raise ValueError(
+                f"{type(self).__name__} needs (x, y, task label) mini-batches; the "
+                "dataset gives no task labels. Use an Avalanche benchmark (task "
+                "labels are 0 by default) or another scenario than Task-IL."
+            )
+        self.mbatch[-1] = self.mbatch[-1].long()
+
+    # -- the per-example loop -------------------------------------------------------
+    def learn_example(self, x: Tensor, y: Tensor, t: Tensor) -> None:
+        """Update the model with one incoming example (batch dimension 1)."""
+        raise NotImplementedError
+
+    def replay_batch(self, x: Tensor, y: Tensor, t: Tensor, n_batches: int):
+        """``n_batches`` batches of the current example (first) plus ``k - 1`` memories.
+
+        :return: ``(xb, yb, tb)`` of shape ``(n_batches, m, ...)`` with
+            ``m = 1 + min(k - 1, len(memory))``; memories drawn uniformly with
+            replacement, all batches in one draw.
+        """
+        n_mem = min(self.replay_batch_size - 1, len(self.memory))
+        if n_mem == 0:
+            shape = (n_batches, 1) + tuple(x.shape)
+            return (
+                x.expand(shape),
+                y.expand(n_batches, 1),
+                t.expand(n_batches, 1),
+            )
+        mx, my, mt = self.memory.sample(n_batches, n_mem)
+        xb = torch.cat([x.expand((n_batches, 1) + tuple(x.shape)), mx], 1)
+        yb = torch.cat([y.expand(n_batches, 1), my], 1)
+        tb = torch.cat([t.expand(n_batches, 1), mt], 1)
+        return xb, yb, tb
+
+    def _before_training_epoch(self, **kwargs):
+        super()._before_training_epoch(**kwargs)
+        self.model.train()
+
+    def training_epoch(self, **kwargs):
+        """One pass over the experience, each mini-batch example by example."""
+        for self.mbatch in self.dataloader:
+            if self._stop_training:
+                break
+            self._unpack_minibatch()
+            self._before_training_iteration(**kwargs)
+            if self.active_units is None:
+                self._infer_num_classes()
+            x, y, t = self.mb_x, self.mb_y, self.mb_task_id
+            for i in range(x.shape[0]):
+                xi, yi, ti = x[i : i + 1], y[i : i + 1], t[i : i + 1]
+                self.active_units.observe(yi, ti)
+                self.learn_example(xi, yi, ti)
+                self.memory.add(x[i], y[i], t[i])
+            with torch.no_grad():
+                self.mb_output = self.forward()
+                self.loss = F.cross_entropy(self.mb_output, self.mb_y)
+            self._after_training_iteration(**kwargs)
+
+    # -- state -----------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """Model, memory (with its RNG), active units and optimizer: resumes exactly."""
+        return {
+            "model": self.model.state_dict(),
+            "memory": self.memory.state_dict(),
+            "num_classes": self.num_classes,
+            "active_units": (
+                None if self.active_units is None else self.active_units.state_dict()
+            ),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (parameters are copied in place)."""
+        self.model.load_state_dict(state["model"])
+        self.memory.load_state_dict(state["memory"])
+        if state["num_classes"] is not None:
+            if self.active_units is None:
+                self._make_active_units(state["num_classes"])
+            self.active_units.load_state_dict(state["active_units"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class ER(PerExampleReplayTemplate):
+    """Experience Replay with a reservoir memory updated after every example.
+
+    For each incoming example ``(x, y, t)``: one optimizer step on the mean
+    cross-entropy of a batch made of ``(x, y, t)`` and ``k - 1`` memories drawn
+    uniformly (with replacement), then the reservoir update with ``(x, y, t)``. This
+    is the "ER" baseline of Riemer et al. (ICLR 2019), with the memory and scenario
+    handling of :class:`~avalanche_meta.strategies.MER`. It differs from Avalanche's
+    ``Replay`` (memory filled at the end of each experience, current mini-batch and
+    memory batch concatenated) in updating the memory per example.
+
+    :param model: any classifier, or an Avalanche multi-head model.
+    :param optimizer: any optimizer; ``None`` builds ``SGD(model.parameters(), lr)``.
+    :param lr: learning rate of the default SGD, 0.03 if ``None`` (giving both
+        ``lr`` and ``optimizer`` is an error).
+    :param mem_size: memory capacity.
+    :param replay_batch_size: ``k``: the current example plus ``k - 1`` memories.
+    :param scenario: ``"task"``, ``"class"`` or ``"domain"``.
+    :param num_classes: output units (``None``: inferred from the model).
+    :param seed: seed of the memory's random generator.
+
+    Other keyword arguments are Avalanche's (``train_mb_size``, ``eval_mb_size``,
+    ``device``, ``plugins``, ``evaluator``, ``eval_every``, ...).
+
+    Example::
+
+        from avalanche_meta.models.mlp import MLP
+        from avalanche_meta.strategies import ER
+
+        strategy = ER(model=MLP(784, (100, 100), 10), lr=0.03, mem_size=200,
+                      replay_batch_size=10, scenario="domain")
+        for experience in benchmark.train_stream:
+            strategy.train(experience)
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: Optional[Optimizer] = None,
+        lr: Optional[float] = None,
+        mem_size: int = 5120,
+        replay_batch_size: int = 10,
+        scenario: str = "domain",
+        num_classes: Optional[int] = None,
+        seed: Optional[int] = None,
+        train_mb_size: int = 1,
+        train_epochs: int = 1,
+        eval_mb_size: Optional[int] = 256,
+        device: Union[str, torch.device] = "cpu",
+        plugins: Optional[Sequence[SupervisedPlugin]] = None,
+        evaluator: Union[
+            EvaluationPlugin, Callable[[], EvaluationPlugin]
+        ] = default_evaluator,
+        eval_every: int = -1,
+        peval_mode: str = "epoch",
+        **kwargs,
+    ):
+        if optimizer is None:
+            lr = 0.03 if lr is None else lr
+            check_positive("lr", lr)
+            optimizer = SGD(model.parameters(), lr=lr)
+        elif lr is not None:
+            raise ValueError(
+                "ER: give either `optimizer` or `lr` (the lr of the default SGD)."
+            )
+        super().__init__(
+            model=model,
+            optimizer=optimizer,
+            mem_size=mem_size,
+            replay_batch_size=replay_batch_size,
+            scenario=scenario,
+            num_classes=num_classes,
+            seed=seed,
+            train_mb_size=train_mb_size,
+            train_epochs=train_epochs,
+            eval_mb_size=eval_mb_size,
+            device=device,
+            plugins=plugins,
+            evaluator=evaluator,
+            eval_every=eval_every,
+            peval_mode=peval_mode,
+            **kwargs,
+        )
+
+    def learn_example(self, x: Tensor, y: Tensor, t: Tensor) -> None:
+        xb, yb, tb = self.replay_batch(x[0], y[0], t[0], 1)
+        xb, yb, tb = xb[0], yb[0], tb[0]
+        self.optimizer.zero_grad()
+        loss = F.cross_entropy(self.logits(xb, tb), yb)
+        check_finite_loss(loss, "ER (replay batch)")
+        loss.backward()
+        self.optimizer.step()
+
+
+__all__ = ["ER", "PerExampleReplayTemplate"]
