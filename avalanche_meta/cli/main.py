@@ -1,0 +1,535 @@
+"""The ``avalanche-meta`` command: run, compare, reproduce, bench, list.
+
+Examples::
+
+    avalanche-meta list
+    avalanche-meta run replay --benchmark split-digits --scenario class --mem-size 500
+    avalanche-meta run replay --help            # the strategy's own flags
+    avalanche-meta compare naive replay ewc --benchmark split-digits --seeds 3 \\
+        --set ewc.ewc_lambda=1e5
+    avalanche-meta reproduce NAME --quick
+    avalanche-meta bench NAME --quick
+
+A strategy's hyper-parameters (its registered ``params``) become ``run`` flags
+(underscores turned into dashes); since they depend on the strategy, ``run`` parses
+in two stages: the strategy name first, then a parser built for that strategy.
+
+Bad input (unknown names, bad values, a missing dataset, a strategy's argument
+check) prints one line ``avalanche-meta: error: ...`` on stderr and exits with
+status 2; a non-finite loss during training exits with status 1. Set
+``AVALANCHE_META_DEBUG=1`` to get the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from avalanche_meta.cli import registry
+from avalanche_meta.cli.runner import (
+    UsageError,
+    compare_experiments,
+    get_strategy_spec,
+    parse_bool,
+    parse_literal,
+    run_experiment,
+)
+
+PROG = "avalanche-meta"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that raises :class:`UsageError` instead of exiting."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def _bool(text: str) -> bool:
+    return parse_bool(text)
+
+
+_bool.__name__ = "boolean (true/false)"
+
+
+def _default_data_root_text() -> str:
+    """The default data folder, for help texts."""
+    env = os.environ.get("AVALANCHE_META_DATA")
+    if env:
+        return f"$AVALANCHE_META_DATA = {env}"
+    return "$AVALANCHE_META_DATA if set, else Avalanche's dataset location"
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help=f"data folder (default: {_default_data_root_text()})",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+
+
+def _add_bench_opt(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bench-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the benchmark's builder (repeatable), e.g. n_tasks=5",
+    )
+
+
+def _key_values(items: Sequence[str], flag: str) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise UsageError(f"{flag} expects KEY=VALUE, got {item!r}.")
+        out[key] = parse_literal(value)
+    return out
+
+
+# --------------------------------------------------------------------------------
+# run
+# --------------------------------------------------------------------------------
+def build_run_parser(spec: registry.StrategySpec) -> argparse.ArgumentParser:
+    """The parser of ``avalanche-meta run STRATEGY`` for one strategy."""
+    presets = ""
+    if spec.presets:
+        presets = "\n\npresets:\n" + "\n".join(
+            f"  {name}: {', '.join(f'{k}={v}' for k, v in values.items())}"
+            for name, values in spec.presets.items()
+        )
+    p = _Parser(
+        prog=f"{PROG} run {spec.name}",
+        description=(
+            f"{spec.help}\nscenarios: {', '.join(spec.scenarios)}"
+            + (f"; online (batch {spec.online_batch})" if spec.online else "")
+            + presets
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--benchmark", required=True, help="a registered benchmark (see `list`)"
+    )
+    p.add_argument(
+        "--scenario",
+        choices=("task", "class", "domain"),
+        default=None,
+        help="Task-IL, Class-IL or Domain-IL (default: the benchmark's default)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    _add_data_options(p)
+    p.add_argument(
+        "--out",
+        default=None,
+        help="run folder (default: runs/<strategy>-<benchmark>-<scenario>-s<seed>)",
+    )
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(spec.presets) or None,
+        help="a named set of hyper-parameters (flags override it)",
+    )
+    p.add_argument("--tensorboard", action="store_true", help="log to out/tb too")
+    p.add_argument("--csv", action="store_true", help="log with the CSV logger too")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars or metric logs"
+    )
+    p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    p.add_argument(
+        "--no-initial-eval",
+        action="store_true",
+        help="skip the eval before training (then FWT is not computed)",
+    )
+    _add_bench_opt(p)
+    group = p.add_argument_group(f"hyper-parameters of {spec.name}")
+    for name, (typ, default, text) in spec.params.items():
+        flag = "--" + name.replace("_", "-")
+        dest = "hp_" + name
+        # SUPPRESS: a flag not given leaves the preset's value in place.
+        if typ is bool:
+            group.add_argument(
+                flag,
+                dest=dest,
+                nargs="?",
+                const=True,
+                type=_bool,
+                default=argparse.SUPPRESS,
+                metavar="true|false",
+                help=f"{text} (default: {str(default).lower()})",
+            )
+            group.add_argument(
+                "--no-" + name.replace("_", "-"),
+                dest=dest,
+                action="store_false",
+                default=argparse.SUPPRESS,
+                help=f"same as {flag} false",
+            )
+        else:
+            group.add_argument(
+                flag,
+                dest=dest,
+                type=typ,
+                default=argparse.SUPPRESS,
+                metavar=typ.__name__.upper(),
+                help=f"{text} (default: {default})",
+            )
+    return p
+
+
+def _run_help() -> str:
+    registry.load_all()
+    lines = [
+        f"usage: {PROG} run STRATEGY --benchmark NAME [options] [hyper-parameter flags]",
+        "",
+        f"`{PROG} run STRATEGY --help` lists the strategy's flags. Strategies:",
+    ]
+    for name, spec in sorted(registry.STRATEGIES.items()):
+        lines.append(f"  {name:<20} {spec.help}")
+    return "\n".join(lines)
+
+
+def format_summary(res: Mapping[str, Any]) -> str:
+    """The results of one run as text: matrix (percent), summaries, time, files."""
+    lines = [
+        f"{res['strategy']} on {res['benchmark']} ({res['scenario']}-IL), "
+        f"seed {res['seed']}"
+    ]
+    R = res["accuracy_matrix"]
+    if R and len(R[0]) <= 20:
+        lines.append("accuracy matrix (%; row i: after training experience i):")
+        for i, row in enumerate(R):
+            cells = " ".join("  n/a" if v is None else f"{v:5.1f}" for v in row)
+            lines.append(f"  {i:>3} | {cells}")
+    for key, title in (
+        ("average_accuracy", "average accuracy"),
+        ("learning_accuracy", "learning accuracy (LA)"),
+        ("bwt", "BWT"),
+        ("bti", "BTI"),
+        ("forgetting", "forgetting"),
+        ("fwt", "FWT"),
+    ):
+        v = res.get(key)
+        lines.append(f"  {title:<24} {'n/a' if v is None else f'{v:.2f}'}")
+    lines.append(
+        f"  train {res['train_seconds']:.1f} s, eval {res['eval_seconds']:.1f} s, "
+        f"peak memory {res['peak_memory_mb']:.0f} MiB"
+    )
+    return "\n".join(lines)
+
+
+def cmd_run(argv: List[str]) -> int:
+    """``avalanche-meta run STRATEGY ...`` (two-stage parsing)."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_run_help())
+        return 0
+    if argv[0].startswith("-"):
+        raise UsageError(
+            f"run: give the strategy first, e.g. `{PROG} run naive --benchmark "
+            f"split-digits`; got {argv[0]!r}."
+        )
+    spec = get_strategy_spec(argv[0])
+    args = build_run_parser(spec).parse_args(argv[1:])
+    hp = {
+        name: getattr(args, "hp_" + name)
+        for name in spec.params
+        if hasattr(args, "hp_" + name)
+    }
+    res = run_experiment(
+        spec.name,
+        args.benchmark,
+        scenario=args.scenario,
+        seed=args.seed,
+        data_root=args.data_root,
+        out_dir=args.out,
+        device=args.device,
+        hparams=hp,
+        preset=args.preset,
+        benchmark_options=_key_values(args.bench_opt, "--bench-opt"),
+        progress=not args.no_progress,
+        plots=not args.no_plots,
+        tensorboard=args.tensorboard,
+        csv=args.csv,
+        initial_eval=not args.no_initial_eval,
+        command=shlex.join([PROG, "run", *argv]),
+    )
+    print(format_summary(res))
+    for plot in res.get("plots", []):
+        print(f"plot: {plot}")
+    print(f"results: {res['results_path']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------
+# compare, reproduce, bench, list
+# --------------------------------------------------------------------------------
+def _settings(items: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    out: Dict[str, Dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        strategy, dot, param = key.strip().partition(".")
+        if not sep or not dot or not strategy or not param:
+            raise UsageError(
+                f"--set expects STRATEGY.PARAM=VALUE (e.g. replay.mem_size=500), "
+                f"got {item!r}."
+            )
+        out.setdefault(strategy, {})[param.replace("-", "_")] = parse_literal(value)
+    return out
+
+
+def cmd_compare(args: argparse.Namespace, argv: List[str]) -> int:
+    res = compare_experiments(
+        args.strategies,
+        args.benchmark,
+        seeds=args.seeds,
+        scenario=args.scenario,
+        settings=_settings(args.set),
+        out_dir=args.out,
+        data_root=args.data_root,
+        device=args.device,
+        benchmark_options=_key_values(args.bench_opt, "--bench-opt"),
+        initial_eval=not args.no_initial_eval,
+        plots=not args.no_plots,
+        progress=args.progress,
+        command=shlex.join([PROG, *argv]),
+    )
+    print()
+    print(
+        f"{res['benchmark']} ({res['scenario']}-IL), mean ± std over seeds "
+        f"{res['seeds']}:"
+    )
+    print(res["table"])
+    out = Path(res["out_dir"])
+    print(f"table: {out / 'comparison.md'}")
+    print(f"results: {out / 'comparison.json'}")
+    if "plot" in res:
+        print(f"plot: {res['plot']}")
+    return 0
+
+
+def _lookup(table: Mapping[str, Any], name: str, what: str):
+    registry.load_all()
+    if name not in table:
+        raise UsageError(
+            f"unknown {what} {name!r}; known {what}s: "
+            f"{', '.join(sorted(table)) or '(none registered)'}."
+        )
+    return table[name]
+
+
+def cmd_reproduce(args: argparse.Namespace, argv: List[str]) -> int:
+    from avalanche_meta.cli.context import ReproContext
+
+    spec = _lookup(registry.REPRODUCTIONS, args.name, "reproduction")
+    if args.seeds is not None and args.seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {args.seeds}.")
+    ctx = ReproContext(
+        quick=args.quick,
+        seeds=args.seeds,
+        data_root=args.data_root,
+        device=args.device,
+        out_dir=Path(args.out),
+        command=shlex.join([PROG, *argv]),
+    )
+    spec.run(ctx)
+    print(f"reproduction {spec.name} finished; run folders in {args.out}")
+    return 0
+
+
+def format_table(result: Any) -> str:
+    """A bench's returned dict as a table (rows of dicts) or key/value lines."""
+    if (
+        isinstance(result, Mapping)
+        and result
+        and all(isinstance(v, Mapping) for v in result.values())
+    ):
+        cols: List[str] = []
+        for row in result.values():
+            cols += [c for c in row if c not in cols]
+        head = [""] + cols
+        rows = [
+            [str(name)] + [_cell(row.get(c)) for c in cols]
+            for name, row in result.items()
+        ]
+        widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+        return "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head] + rows
+        )
+    if isinstance(result, Mapping):
+        width = max((len(str(k)) for k in result), default=0)
+        return "\n".join(f"{str(k):<{width}}  {_cell(v)}" for k, v in result.items())
+    return json.dumps(result, indent=2, default=str)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple, dict)):
+        return json.dumps(v, default=str)
+    return str(v)
+
+
+def cmd_bench(args: argparse.Namespace, argv: List[str]) -> int:
+    from avalanche_meta.cli.context import BenchContext
+
+    spec = _lookup(registry.BENCHES, args.name, "bench")
+    ctx = BenchContext(
+        quick=args.quick,
+        data_root=args.data_root,
+        device=args.device,
+        out_dir=Path(args.out),
+        command=shlex.join([PROG, *argv]),
+    )
+    result = spec.run(ctx)
+    print(format_table(result if result is not None else {}))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, argv: List[str]) -> int:
+    registry.load_all()
+    print("strategies (avalanche-meta run NAME --help):")
+    for name, s in sorted(registry.STRATEGIES.items()):
+        extra = f"; online, batch {s.online_batch}" if s.online else ""
+        print(f"  {name:<20} [{', '.join(s.scenarios)}{extra}] {s.help}")
+    print("benchmarks:")
+    for name, b in sorted(registry.BENCHMARKS.items()):
+        print(
+            f"  {name:<20} [{', '.join(b.scenarios)}; default {b.default_scenario}] "
+            f"{b.help}"
+        )
+    print("reproductions (avalanche-meta reproduce NAME):")
+    for name, r in sorted(registry.REPRODUCTIONS.items()):
+        print(f"  {name:<20} {r.help}")
+    if not registry.REPRODUCTIONS:
+        print("  (none registered)")
+    print("benches (avalanche-meta bench NAME):")
+    for name, b in sorted(registry.BENCHES.items()):
+        print(f"  {name:<20} {b.help}")
+    if not registry.BENCHES:
+        print("  (none registered)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser (``run`` is parsed separately, see :func:`cmd_run`)."""
+    p = _Parser(
+        prog=PROG,
+        description="Meta-learning based continual learning on Avalanche.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    sub.add_parser(
+        "run",
+        help="train one strategy on one benchmark (`run STRATEGY --help`)",
+        add_help=False,
+    )
+
+    c = sub.add_parser(
+        "compare",
+        help="run several strategies over several seeds, side by side",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    c.add_argument("strategies", nargs="+", metavar="STRATEGY")
+    c.add_argument("--benchmark", required=True, help="a registered benchmark")
+    c.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    c.add_argument(
+        "--scenario",
+        choices=("task", "class", "domain"),
+        default=None,
+        help="default: the benchmark's default",
+    )
+    c.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="STRATEGY.PARAM=VALUE",
+        help="a hyper-parameter of one strategy (repeatable)",
+    )
+    c.add_argument(
+        "--out", default=None, help="default: runs/compare-<benchmark>-<scenario>"
+    )
+    _add_data_options(c)
+    _add_bench_opt(c)
+    c.add_argument("--no-initial-eval", action="store_true", help="skip FWT's eval")
+    c.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    c.add_argument("--progress", action="store_true", help="Avalanche progress bars")
+    c.set_defaults(func=cmd_compare)
+
+    r = sub.add_parser(
+        "reproduce",
+        help="run a paper's table and write its section of docs/RESULTS.md",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    r.add_argument("name", help="a registered reproduction (see `list`)")
+    r.add_argument("--quick", action="store_true", help="the minutes-long version")
+    r.add_argument("--seeds", type=int, default=None, help="number of seeds")
+    _add_data_options(r)
+    r.add_argument("--out", default="runs", help="where run folders go")
+    r.set_defaults(func=cmd_reproduce)
+
+    b = sub.add_parser(
+        "bench",
+        help="a speed/memory comparison; prints its table",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    b.add_argument("name", help="a registered bench (see `list`)")
+    b.add_argument("--quick", action="store_true", help="the short version")
+    _add_data_options(b)
+    b.add_argument("--out", default="runs", help="where outputs go")
+    b.set_defaults(func=cmd_bench)
+
+    ls = sub.add_parser("list", help="strategies, benchmarks, reproductions, benches")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def _dispatch(argv: List[str]) -> int:
+    if argv and argv[0] == "run":
+        return cmd_run(argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.func(args, argv)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``avalanche-meta``; returns the exit status.
+
+    :param argv: the arguments (without the program name); None: ``sys.argv[1:]``.
+    """
+    from avalanche_meta.utils.validation import NonFiniteLossError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("AVALANCHE_META_DEBUG", "") not in ("", "0")
+    try:
+        return _dispatch(argv)
+    except SystemExit as exit_:  # --help
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except NonFiniteLossError as err:
+        if debug:
+            raise
+        print(f"{PROG}: error: training stopped: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as err:
+        # UsageError, argument checks of strategies (ValueError), and
+        # DatasetNotFoundError (a FileNotFoundError).
+        if debug:
+            raise
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,712 @@
+"""Runs one experiment (a registered strategy on a registered benchmark) or a comparison.
+
+:func:`run_experiment` is what ``avalanche-meta run`` calls and what reproductions
+call through :meth:`ReproContext.run`; :func:`compare_experiments` is what
+``avalanche-meta compare`` calls. Both return plain dicts and write them as JSON in
+the run folder, with plots.
+
+The protocol: seed torch/numpy/random, build the benchmark, then for each training
+experience train on it (as an online stream of small sub-experiences when the
+protocol is online) and evaluate on the whole test stream, which fills one row of
+the accuracy matrix. An optional eval before any training records the initial
+accuracies used by forward transfer. Strategies whose registration has a ``fit``
+(e.g. Joint training) run their own loop instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import math
+import os
+import platform
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from avalanche_meta.cli import registry
+from avalanche_meta.cli.context import RunContext
+from avalanche_meta.evaluation.metrics import (
+    average_accuracy,
+    bti,
+    bwt,
+    continual_metrics,
+    forgetting,
+    fwt,
+    learning_accuracy,
+)
+from avalanche_meta.utils.scenario import check_scenario
+
+#: The summaries ``compare`` tabulates: (results.json key, column title).
+SUMMARY_COLUMNS = (
+    ("average_accuracy", "avg acc (%)"),
+    ("learning_accuracy", "LA (%)"),
+    ("bwt", "BWT (%)"),
+    ("forgetting", "forgetting (%)"),
+    ("train_seconds", "train (s)"),
+)
+
+
+class UsageError(ValueError):
+    """Bad input to the runner or the command line (unknown name, bad value)."""
+
+
+# --------------------------------------------------------------------------------
+# Looking things up
+# --------------------------------------------------------------------------------
+def _known(table: Mapping[str, Any]) -> str:
+    return ", ".join(sorted(table)) or "(none registered)"
+
+
+def get_strategy_spec(name: str) -> registry.StrategySpec:
+    """The registered strategy ``name``; a :class:`UsageError` listing the known ones."""
+    registry.load_all()
+    if name not in registry.STRATEGIES:
+        raise UsageError(
+            f"unknown strategy {name!r}; known strategies: "
+            f"{_known(registry.STRATEGIES)}."
+        )
+    return registry.STRATEGIES[name]
+
+
+def get_benchmark_spec(name: str) -> registry.BenchmarkSpec:
+    """The registered benchmark ``name``; a :class:`UsageError` listing the known ones."""
+    registry.load_all()
+    if name not in registry.BENCHMARKS:
+        raise UsageError(
+            f"unknown benchmark {name!r}; known benchmarks: "
+            f"{_known(registry.BENCHMARKS)}."
+        )
+    return registry.BENCHMARKS[name]
+
+
+def resolve_scenario(
+    s_spec: registry.StrategySpec,
+    b_spec: registry.BenchmarkSpec,
+    scenario: Optional[str],
+) -> str:
+    """The scenario to run: ``scenario`` or the benchmark's default, checked against
+    what the benchmark and the strategy support."""
+    scenario = check_scenario(scenario or b_spec.default_scenario)
+    if scenario not in b_spec.scenarios:
+        raise UsageError(
+            f"benchmark {b_spec.name!r} does not support scenario {scenario!r}; it "
+            f"supports: {', '.join(b_spec.scenarios)}."
+        )
+    if scenario not in s_spec.scenarios:
+        raise UsageError(
+            f"strategy {s_spec.name!r} does not support scenario {scenario!r}; it "
+            f"supports: {', '.join(s_spec.scenarios)}."
+        )
+    return scenario
+
+
+# --------------------------------------------------------------------------------
+# Hyper-parameters
+# --------------------------------------------------------------------------------
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(text: Any) -> bool:
+    """``true/false/yes/no/on/off/1/0`` (any case) to a bool; ValueError otherwise."""
+    if isinstance(text, bool):
+        return text
+    s = str(text).strip().lower()
+    if s in _TRUE:
+        return True
+    if s in _FALSE:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def coerce_param(strategy: str, name: str, typ: type, value: Any) -> Any:
+    """Convert ``value`` (possibly a string from the command line) to ``typ``.
+
+    None stays None (a parameter whose default is None means "not set").
+    """
+    if value is None:
+        return None
+    try:
+        if typ is bool:
+            return parse_bool(value)
+        if (
+            typ is float
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+        ):
+            return float(value)
+        if typ is int and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"{value!r} is not an integer")
+            return int(value)
+        if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+            return value
+        return typ(value)
+    except (TypeError, ValueError) as err:
+        raise UsageError(
+            f"hyper-parameter {name!r} of strategy {strategy!r} must be of type "
+            f"{typ.__name__}; got {value!r} ({err})."
+        ) from None
+
+
+def resolve_hparams(
+    s_spec: registry.StrategySpec,
+    preset: Optional[str] = None,
+    hparams: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
+    """The strategy's defaults, updated by the preset, then by ``hparams``.
+
+    :raises UsageError: for an unknown preset or hyper-parameter name, or a value of
+        the wrong type.
+    """
+    hp = {name: default for name, (_, default, _) in s_spec.params.items()}
+    layers: List[tuple] = []
+    if preset is not None:
+        if preset not in s_spec.presets:
+            raise UsageError(
+                f"strategy {s_spec.name!r} has no preset {preset!r}; its presets: "
+                f"{_known(s_spec.presets)}."
+            )
+        layers.append((f"preset {preset!r}", s_spec.presets[preset]))
+    if hparams:
+        layers.append(("hparams", hparams))
+    for origin, values in layers:
+        for name, value in values.items():
+            if name not in s_spec.params:
+                raise UsageError(
+                    f"unknown hyper-parameter {name!r} (from {origin}) for strategy "
+                    f"{s_spec.name!r}; its hyper-parameters: {_known(s_spec.params)}."
+                )
+            hp[name] = coerce_param(s_spec.name, name, s_spec.params[name][0], value)
+    return hp
+
+
+def check_benchmark_options(b_spec: registry.BenchmarkSpec, options: Mapping) -> None:
+    """Raise a :class:`UsageError` for options the benchmark's builder does not take."""
+    sig = inspect.signature(b_spec.build)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    accepted = [n for n in sig.parameters if n not in ("scenario", "seed", "data_root")]
+    for key in options:
+        if key not in accepted:
+            raise UsageError(
+                f"benchmark {b_spec.name!r} has no option {key!r}; its options: "
+                f"{', '.join(accepted) or '(none)'}."
+            )
+
+
+def parse_literal(text: str) -> Any:
+    """A command-line value: int, float, bool (true/false), None (none) or string."""
+    s = text.strip()
+    for conv in (int, float):
+        try:
+            return conv(s)
+        except ValueError:
+            pass
+    if s.lower() in ("true", "false"):
+        return s.lower() == "true"
+    if s.lower() == "none":
+        return None
+    return s
+
+
+# --------------------------------------------------------------------------------
+# One run
+# --------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA) and Avalanche's RNG manager."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    try:
+        from avalanche.training.determinism.rng_manager import RNGManager
+
+        RNGManager.set_random_seeds(seed)
+    except ImportError:  # pragma: no cover - older Avalanche
+        pass
+
+
+def default_data_root() -> Optional[str]:
+    """``$AVALANCHE_META_DATA``, else None (each benchmark then uses Avalanche's
+    dataset location, ``~/.avalanche/data/<name>``)."""
+    return os.environ.get("AVALANCHE_META_DATA") or None
+
+
+def default_run_dir(strategy: str, benchmark: str, scenario: str, seed: int) -> Path:
+    """``runs/<strategy>-<benchmark>-<scenario>-s<seed>``."""
+    return Path("runs") / f"{strategy}-{benchmark}-{scenario}-s{seed}"
+
+
+def versions() -> Dict[str, str]:
+    """Versions of Python and the libraries a result depends on."""
+    import avalanche
+
+    import avalanche_meta
+
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "avalanche": getattr(avalanche, "__version__", "unknown"),
+        "avalanche_meta": avalanche_meta.__version__,
+        "numpy": np.__version__,
+    }
+    try:
+        from importlib.metadata import version
+
+        out["learn2learn"] = version("learn2learn")
+    except Exception:  # noqa: BLE001 - optional
+        pass
+    return out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+def _percent(R: List[List[Optional[float]]]) -> List[List[Optional[float]]]:
+    return [[None if v is None else 100.0 * v for v in row] for row in R]
+
+
+def _summaries(
+    R: List[List[Optional[float]]], b: Optional[List[Optional[float]]], joint: bool
+) -> Dict[str, Optional[float]]:
+    """The summaries of a percent matrix (see :mod:`avalanche_meta.evaluation`)."""
+    T = len(R[0]) if R else 0
+    empty = dict.fromkeys(
+        ("average_accuracy", "learning_accuracy", "bwt", "bti", "forgetting", "fwt")
+    )
+    if not R:
+        return empty
+    if len(R) < T:
+        if not joint:
+            raise RuntimeError(
+                f"the accuracy matrix has {len(R)} rows for {T} test experiences: the "
+                "strategy did not train on every experience."
+            )
+        # One model trained on everything at once: a single row, no per-task
+        # learning accuracy, transfer or forgetting.
+        out = dict(empty)
+        out["average_accuracy"] = average_accuracy(R[-1:], over="all")
+        return out
+    return {
+        "average_accuracy": average_accuracy(R),
+        "learning_accuracy": learning_accuracy(R),
+        "bwt": bwt(R),
+        "bti": bti(R),
+        "forgetting": forgetting(R),
+        "fwt": fwt(R, b),
+    }
+
+
+def run_experiment(
+    strategy: str,
+    benchmark: str,
+    *,
+    scenario: Optional[str] = None,
+    seed: int = 0,
+    data_root: Optional[str] = None,
+    out_dir: Optional[os.PathLike] = None,
+    device: str = "cpu",
+    hparams: Optional[Mapping[str, Any]] = None,
+    preset: Optional[str] = None,
+    benchmark_options: Optional[Mapping[str, Any]] = None,
+    progress: bool = True,
+    plots: bool = True,
+    tensorboard: bool = False,
+    csv: bool = False,
+    initial_eval: bool = True,
+    command: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Train and evaluate one registered strategy on one registered benchmark.
+
+    :param strategy: a registered strategy name (``avalanche-meta list``).
+    :param benchmark: a registered benchmark name.
+    :param scenario: ``"task"``, ``"class"`` or ``"domain"``; None: the benchmark's
+        default.
+    :param seed: seeds torch, numpy, random and the benchmark's class order.
+    :param data_root: the data folder; None: ``$AVALANCHE_META_DATA``, else each
+        benchmark's Avalanche default.
+    :param out_dir: the run folder; None: ``runs/<strategy>-<benchmark>-<scenario>-s<seed>``.
+    :param device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    :param hparams: hyper-parameters overriding the defaults and the preset.
+    :param preset: a named set of hyper-parameters of the strategy.
+    :param benchmark_options: extra keyword arguments of the benchmark's builder.
+    :param progress: Avalanche's interactive logger (progress bars) on stdout;
+        otherwise metrics are logged to an in-memory text logger.
+    :param plots: write the accuracy-matrix heatmap and per-task curves (PNG).
+    :param tensorboard: also log to TensorBoard in ``out_dir/tb``.
+    :param csv: also log with Avalanche's CSV logger in ``out_dir/csv``.
+    :param initial_eval: evaluate before training (initial accuracies, for FWT).
+    :param command: the command line, recorded in the results.
+    :return: the results (also written to ``out_dir/results.json``); accuracies and
+        their summaries in percent.
+    :raises UsageError: unknown names, unsupported scenario, bad hyper-parameters.
+
+    The online batch: a benchmark whose protocol is online (``info.online``) fixes
+    it (``info.online_batch``); otherwise a strategy registered ``online=True`` uses
+    its ``online_batch`` hyper-parameter if it has one, else its registered
+    ``online_batch``. ``peak_memory_mb`` is the process's peak resident memory,
+    so with several runs in one process it is the peak over all of them so far.
+    """
+    s_spec = get_strategy_spec(strategy)
+    b_spec = get_benchmark_spec(benchmark)
+    scenario = resolve_scenario(s_spec, b_spec, scenario)
+    hp = resolve_hparams(s_spec, preset, hparams)
+    bench_opts = dict(benchmark_options or {})
+    check_benchmark_options(b_spec, bench_opts)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UsageError(f"`seed` must be a non-negative integer, got {seed!r}.")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            f"device {device!r} was asked for but CUDA is not available here; use "
+            "--device cpu."
+        )
+    data_root = data_root or default_data_root()
+    out = (
+        Path(out_dir)
+        if out_dir is not None
+        else default_run_dir(strategy, benchmark, scenario, seed)
+    )
+    out.mkdir(parents=True, exist_ok=True)
+
+    seed_everything(seed)
+    try:
+        info = b_spec.build(
+            scenario=scenario, seed=seed, data_root=data_root, **bench_opts
+        )
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise UsageError(
+            f"benchmark {benchmark!r} does not take that option ({err}); check the "
+            "--bench-opt names."
+        ) from None
+
+    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+    from avalanche.logging import InteractiveLogger, TextLogger
+    from avalanche.training.plugins import EvaluationPlugin
+
+    loggers: list = [InteractiveLogger() if progress else TextLogger(io.StringIO())]
+    if tensorboard:
+        from avalanche.logging import TensorboardLogger
+
+        loggers.append(TensorboardLogger(tb_log_dir=str(out / "tb")))
+    if csv:
+        from avalanche.logging import CSVLogger
+
+        loggers.append(CSVLogger(log_folder=str(out / "csv")))
+    cmetrics = continual_metrics()
+    evaluator = EvaluationPlugin(
+        accuracy_metrics(experience=True, stream=True),
+        loss_metrics(stream=True),
+        *cmetrics,
+        loggers=loggers,
+    )
+    ctx = RunContext(
+        info=info,
+        scenario=scenario,
+        device=dev,
+        seed=seed,
+        evaluator=evaluator,
+        out_dir=out,
+    )
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    model_strategy = s_spec.build(ctx, **hp)
+
+    # Time spent in eval is measured by wrapping the strategy's eval, so that the
+    # training time excludes it on both the default loop and a custom ``fit``.
+    eval_time = [0.0]
+    inner_eval = model_strategy.eval
+
+    def timed_eval(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return inner_eval(*args, **kwargs)
+        finally:
+            eval_time[0] += time.perf_counter() - t0
+
+    model_strategy.eval = timed_eval
+
+    online = bool(info.online or s_spec.online)
+    if info.online:
+        online_batch = int(info.online_batch)
+    else:
+        online_batch = int(hp.get("online_batch") or s_spec.online_batch)
+    test_stream = info.benchmark.test_stream
+
+    if initial_eval:
+        model_strategy.eval(test_stream)
+    initial_eval_seconds = eval_time[0]
+    t_start = time.perf_counter()
+    try:
+        if s_spec.fit is not None:
+            s_spec.fit(ctx, model_strategy, info)
+        else:
+            from avalanche_meta.benchmarks.online import online_stream
+
+            for i, exp in enumerate(info.benchmark.train_stream):
+                if online:
+                    # online_stream keeps task labels and classes on every
+                    # mini-experience (split_online_stream drops them).
+                    model_strategy.train(
+                        online_stream(
+                            [exp], batch_size=online_batch, seed=seed * 100_003 + i
+                        )
+                    )
+                else:
+                    model_strategy.train(exp)
+                model_strategy.eval(test_stream)
+    finally:
+        model_strategy.eval = inner_eval
+    total = time.perf_counter() - t_start
+    eval_seconds = eval_time[0]
+    train_seconds = total - (eval_seconds - initial_eval_seconds)
+
+    R = _percent(cmetrics[0].matrix)
+    b = cmetrics[0].initial
+    b = None if b is None else [None if v is None else 100.0 * v for v in b]
+    summary = _summaries(R, b, joint=s_spec.fit is not None)
+    results: Dict[str, Any] = {
+        "strategy": strategy,
+        "benchmark": benchmark,
+        "scenario": scenario,
+        "seed": seed,
+        "config": {
+            "hparams": hp,
+            "preset": preset,
+            "benchmark_options": bench_opts,
+            "device": str(dev),
+            "data_root": data_root,
+            "online": online,
+            "online_batch": online_batch if online else None,
+            "initial_eval": initial_eval,
+            "command": command,
+            "versions": versions(),
+        },
+        "n_experiences": info.n_experiences,
+        "classes_per_experience": info.classes_per_experience,
+        "accuracy_unit": "percent",
+        "accuracy_matrix": R,
+        "accuracy_matrix_rows": (
+            "one row per training experience"
+            if len(R) == len(R[0] if R else [])
+            else "a single row: the strategy trained on every experience at once"
+        ),
+        "initial_accuracy": b,
+        **summary,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "peak_memory_mb": peak_rss_mb(),
+        "cuda_peak_memory_mb": (
+            torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+        ),
+        "out_dir": str(out),
+    }
+    if plots:
+        from avalanche_meta.cli.plots import plot_accuracy_matrix, plot_task_curves
+
+        title = f"{strategy} on {benchmark} ({scenario}-IL, seed {seed})"
+        results["plots"] = [
+            str(plot_accuracy_matrix(R, out / "accuracy_matrix.png", title=title)),
+            str(plot_task_curves(R, out / "task_accuracy.png", initial=b, title=title)),
+        ]
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    results["results_path"] = str(path)
+    return results
+
+
+# --------------------------------------------------------------------------------
+# Comparisons
+# --------------------------------------------------------------------------------
+def mean_std(values: Sequence[Optional[float]]) -> tuple:
+    """Mean and sample standard deviation (ddof=1; 0 for one value) of the
+    non-None values, or ``(None, None)`` when there is none."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None, None
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def _fmt(m: Optional[float], s: Optional[float]) -> str:
+    return "n/a" if m is None else f"{m:.2f} ± {s:.2f}"
+
+
+def comparison_table(summary: Mapping[str, Mapping[str, Any]], markdown: bool) -> str:
+    """The comparison as a text (or Markdown) table, one row per strategy."""
+    head = ["strategy"] + [title for _, title in SUMMARY_COLUMNS]
+    rows = [
+        [name] + [_fmt(*row[key]) for key, _ in SUMMARY_COLUMNS]
+        for name, row in summary.items()
+    ]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join(
+        [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    )
+
+
+def compare_experiments(
+    strategies: Sequence[str],
+    benchmark: str,
+    *,
+    seeds: int = 3,
+    scenario: Optional[str] = None,
+    settings: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    out_dir: Optional[os.PathLike] = None,
+    data_root: Optional[str] = None,
+    device: str = "cpu",
+    benchmark_options: Optional[Mapping[str, Any]] = None,
+    initial_eval: bool = True,
+    plots: bool = True,
+    progress: bool = False,
+    log=print,
+    command: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Run every strategy with seeds ``0..seeds-1`` and summarise them side by side.
+
+    :param strategies: registered strategy names.
+    :param seeds: number of seeds.
+    :param settings: hyper-parameters per strategy, ``{strategy: {param: value}}``.
+    :param out_dir: the comparison folder (None: ``runs/compare-<benchmark>-<scenario>``);
+        each run goes in ``<out_dir>/<strategy>-s<seed>``.
+    :param log: called with one line per finished run (None: silent).
+    :return: ``{"runs": [...], "summary": {strategy: {key: (mean, std)}}, ...}``;
+        also written to ``comparison.json``, ``comparison.md`` and
+        ``comparison.png`` in ``out_dir``.
+    """
+    if not strategies:
+        raise UsageError("give at least one strategy to compare.")
+    if len(set(strategies)) != len(strategies):
+        raise UsageError(f"a strategy is listed twice: {list(strategies)}.")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise UsageError(f"`seeds` must be a positive integer, got {seeds!r}.")
+    settings = dict(settings or {})
+    b_spec = get_benchmark_spec(benchmark)
+    for name in settings:
+        if name not in strategies:
+            raise UsageError(
+                f"settings given for {name!r}, which is not among the compared "
+                f"strategies ({', '.join(strategies)})."
+            )
+    # Check every name and setting before the first (long) run.
+    scen = None
+    for name in strategies:
+        s_spec = get_strategy_spec(name)
+        scen = resolve_scenario(s_spec, b_spec, scenario)
+        resolve_hparams(s_spec, None, settings.get(name))
+    check_benchmark_options(b_spec, benchmark_options or {})
+    out = (
+        Path(out_dir)
+        if out_dir is not None
+        else Path("runs") / (f"compare-{benchmark}-{scen}")
+    )
+    out.mkdir(parents=True, exist_ok=True)
+
+    runs: List[Dict[str, Any]] = []
+    for name in strategies:
+        for seed in range(seeds):
+            res = run_experiment(
+                name,
+                benchmark,
+                scenario=scen,
+                seed=seed,
+                data_root=data_root,
+                out_dir=out / f"{name}-s{seed}",
+                device=device,
+                hparams=settings.get(name),
+                benchmark_options=benchmark_options,
+                progress=progress,
+                plots=plots,
+                initial_eval=initial_eval,
+                command=command,
+            )
+            runs.append(res)
+            if log is not None:
+                acc = res["average_accuracy"]
+                log(
+                    f"{name} seed {seed}: average accuracy "
+                    f"{'n/a' if acc is None else f'{acc:.2f}'}%, "
+                    f"{res['train_seconds']:.1f} s training"
+                )
+    summary: Dict[str, Dict[str, Any]] = {}
+    for name in strategies:
+        mine = [r for r in runs if r["strategy"] == name]
+        summary[name] = {
+            key: mean_std([r[key] for r in mine])
+            for key in ("average_accuracy", "learning_accuracy", "bwt", "bti")
+            + ("forgetting", "fwt", "train_seconds", "peak_memory_mb")
+        }
+    result: Dict[str, Any] = {
+        "benchmark": benchmark,
+        "scenario": scen,
+        "seeds": list(range(seeds)),
+        "strategies": list(strategies),
+        "settings": settings,
+        "command": command,
+        "summary": summary,
+        "runs": [
+            {
+                k: r[k]
+                for k in (
+                    "strategy",
+                    "seed",
+                    "average_accuracy",
+                    "learning_accuracy",
+                    "bwt",
+                    "bti",
+                    "forgetting",
+                    "fwt",
+                    "train_seconds",
+                    "results_path",
+                )
+            }
+            for r in runs
+        ],
+    }
+    (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = (
+        f"# {', '.join(strategies)} on {benchmark} ({scen}-IL)\n\n"
+        f"Mean ± sample standard deviation over seeds {list(range(seeds))}; "
+        "accuracies in percent (average accuracy: mean over tasks of the final "
+        "row of the accuracy matrix).\n\n"
+        + (f"Command: `{command}`\n\n" if command else "")
+        + comparison_table(summary, markdown=True)
+        + "\n"
+    )
+    (out / "comparison.md").write_text(md)
+    result["table"] = comparison_table(summary, markdown=False)
+    result["out_dir"] = str(out)
+    if plots:
+        from avalanche_meta.cli.plots import plot_comparison
+
+        result["plot"] = str(
+            plot_comparison(
+                summary,
+                out / "comparison.png",
+                title=f"{benchmark} ({scen}-IL), {seeds} seed(s)",
+            )
+        )
+    return result

@@ -1,0 +1,38 @@
+"""Continual-learning metrics: the accuracy matrix and its summaries.
+
+See :mod:`avalanche_meta.evaluation.metrics`.
+"""
+
+from avalanche_meta.evaluation.metrics import (
+    BTI,
+    BWT,
+    FWT,
+    AccuracyMatrix,
+    AverageAccuracy,
+    Forgetting,
+    LearningAccuracy,
+    average_accuracy,
+    bti,
+    bwt,
+    continual_metrics,
+    forgetting,
+    fwt,
+    learning_accuracy,
+)
+
+__all__ = [
+    "AccuracyMatrix",
+    "AverageAccuracy",
+    "LearningAccuracy",
+    "BWT",
+    "BTI",
+    "Forgetting",
+    "FWT",
+    "continual_metrics",
+    "average_accuracy",
+    "learning_accuracy",
+    "bwt",
+    "bti",
+    "forgetting",
+    "fwt",
+]
