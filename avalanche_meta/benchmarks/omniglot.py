@@ -230,9 +230,7 @@ def _decode(data: bytes, image_size: int) -> np.ndarray:
 def _cache_file(source: Path, image_size: int, cache_dir: Path) -> Path:
     stat = source.stat()
     if source.is_dir():
-        stamp = max(
-            (p.stat().st_mtime_ns for p in source.rglob("*.png")), default=0
-        )
+        stamp = max((p.stat().st_mtime_ns for p in source.rglob("*.png")), default=0)
         size = sum(1 for _ in source.rglob("*.png"))
     else:
         stamp, size = stat.st_mtime_ns, stat.st_size
@@ -312,7 +310,9 @@ def split_by_character(
 ) -> Tuple[List[int], List[int]]:
     """Train and test character ids: ``test_fraction`` of the characters of *every*
     alphabet (at least one) held out, chosen with ``seed``."""
-    check_in_interval("test_fraction", test_fraction, 0.0, 1.0, low_open=True, high_open=True)
+    check_in_interval(
+        "test_fraction", test_fraction, 0.0, 1.0, low_open=True, high_open=True
+    )
     rng = random.Random(seed)
     train, test = [], []
     for a in range(len(data.alphabets)):
@@ -349,7 +349,9 @@ def split_by_alphabet(
     else:
         unknown = set(test_alphabets) - set(data.alphabets)
         if unknown:
-            raise ValueError(f"unknown alphabets in `test_alphabets`: {sorted(unknown)}.")
+            raise ValueError(
+                f"unknown alphabets in `test_alphabets`: {sorted(unknown)}."
+            )
         held = {data.alphabets.index(a) for a in test_alphabets}
     train = [c for c in range(data.num_classes) if int(data.alphabet_of[c]) not in held]
     test = [c for c in range(data.num_classes) if int(data.alphabet_of[c]) in held]
@@ -486,7 +488,9 @@ def omniglot_continual(
             f"`n_experiences`={n_experiences} is more than the {len(data.alphabets)} "
             "alphabets to share out."
         )
-    train_ids, test_ids = split_by_character(data, test_fraction=test_fraction, seed=seed)
+    train_ids, test_ids = split_by_character(
+        data, test_fraction=test_fraction, seed=seed
+    )
     order = list(range(len(data.alphabets)))
     random.Random(seed).shuffle(order)
     groups = [order[i::n_experiences] for i in range(n_experiences)]
@@ -509,7 +513,12 @@ def omniglot_continual(
         num_classes=data.num_classes,
         classes_per_experience=classes,
         task_labels=False,
-        extras={"alphabet_groups": group_names, "test_classes": [len(
-            [c for c in test_ids if int(data.alphabet_of[c]) in set(g)]
-        ) for g in groups], "fewshot": True},
+        extras={
+            "alphabet_groups": group_names,
+            "test_classes": [
+                len([c for c in test_ids if int(data.alphabet_of[c]) in set(g)])
+                for g in groups
+            ],
+            "fewshot": True,
+        },
     )

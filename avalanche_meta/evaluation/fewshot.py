@@ -9,7 +9,7 @@ the mean and the 95% confidence interval ``1.96 * std / sqrt(M)``.
 Pieces, from the core outwards:
 
 - :class:`FewShotTaskSampler`: N-way (K + Q)-shot tasks drawn through learn2learn
-  (``MetaDataset``, ``TaskDataset`` with ``NWays``, ``KShots``, ``LoadData``,
+  (``MetaDataset``, ``Taskset`` (formerly ``TaskDataset``) with ``NWays``, ``KShots``, ``LoadData``,
   ``RemapLabels``, ``ConsecutiveLabels``), labels remapped to ``0..N-1``, with the two
   Omniglot task augmentations (90-degree rotations of classes as new classes; random
   rotation of a whole task).
@@ -146,7 +146,7 @@ class FewShotTaskSampler:
     """N-way K-shot tasks (plus Q query samples per class) from labelled tensors.
 
     Sampling goes through learn2learn: a ``MetaDataset`` over the tensors and a
-    ``TaskDataset`` with ``NWays(ways)``, ``KShots(shots + query_shots)``,
+    ``Taskset`` (``TaskDataset``) with ``NWays(ways)``, ``KShots(shots + query_shots)``,
     ``LoadData``, ``RemapLabels`` and ``ConsecutiveLabels``.
 
     :param x: inputs, one row per sample (images ``(N, C, H, W)`` for the rotations).
@@ -226,7 +226,7 @@ class FewShotTaskSampler:
         dataset = torch.utils.data.TensorDataset(self.x, self.y)
         meta = l2l.data.MetaDataset(dataset, labels_to_indices=labels_to_indices)
         tr = l2l.data.transforms
-        self.taskset = l2l.data.TaskDataset(
+        self.taskset = l2l.data.Taskset(
             meta,
             task_transforms=[
                 tr.NWays(meta, n=ways),
@@ -309,7 +309,9 @@ def _last_linear(model: nn.Module) -> Tuple[nn.Module, str, nn.Linear]:
     return parent, attr, module
 
 
-def _with_ways_head(model: nn.Module, ways: int, reset_head: Optional[bool]) -> nn.Module:
+def _with_ways_head(
+    model: nn.Module, ways: int, reset_head: Optional[bool]
+) -> nn.Module:
     """A deep copy of ``model`` whose last linear layer has ``ways`` outputs."""
     scratch = copy.deepcopy(model)
     parent, attr, head = _last_linear(scratch)
@@ -517,6 +519,8 @@ class FewShotAccuracy(PluginMetric[float]):
         self.results: Dict[int, FewShotResult] = {}
         self._rows: Dict[int, Dict[int, FewShotResult]] = {}
         self._trained: Optional[int] = None
+        #: results of evaluations before any training (``{exp_id: FewShotResult}``).
+        self.initial: Dict[int, FewShotResult] = {}
 
     @property
     def matrix(self) -> List[List[Optional[float]]]:
@@ -569,12 +573,17 @@ class FewShotAccuracy(PluginMetric[float]):
             **self.kwargs,
         )
         self.results[exp_id] = res
-        if self._trained is not None:
+        if self._trained is None:
+            self.initial[exp_id] = res
+        else:
             self._rows.setdefault(self._trained, {})[exp_id] = res
         step = strategy.clock.train_iterations
         return [
             MetricValue(
-                self, get_metric_name(self, strategy, add_experience=True), res.mean, step
+                self,
+                get_metric_name(self, strategy, add_experience=True),
+                res.mean,
+                step,
             ),
             MetricValue(
                 self,

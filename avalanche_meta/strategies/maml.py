@@ -140,7 +140,9 @@ class MAML(EpisodicTemplate):
             **base_kwargs,
         )
         if self.query_shots < 1:
-            raise ValueError("`query_shots` must be >= 1: MAML's meta-loss needs a query set.")
+            raise ValueError(
+                "`query_shots` must be >= 1: MAML's meta-loss needs a query set."
+            )
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
         self.first_order = bool(first_order)
