@@ -140,7 +140,9 @@ def test_calibrate_errors():
     with pytest.raises(ValueError, match="no nn.Linear or nn.Conv2d"):
         calibrate(nn.Sequential(nn.Flatten(), nn.ReLU()))
     with pytest.raises(ValueError, match="wcm=True"):
-        calibrate(MLP(input_size=4, hidden_sizes=(3,), num_classes=2), wcm=False, fcm=False)
+        calibrate(
+            MLP(input_size=4, hidden_sizes=(3,), num_classes=2), wcm=False, fcm=False
+        )
     with pytest.raises(ValueError, match="combine"):
         calibrate(MLP(input_size=4, hidden_sizes=(3,), num_classes=2), combine="sum")
 
@@ -184,7 +186,8 @@ def test_consolidation_and_distillation_references():
     torch.manual_seed(0)
     w, w_old, L = torch.randn(3, 2), torch.randn(3, 2), torch.rand(3, 2)
     assert torch.allclose(
-        consolidation_loss([w], [w_old], [L]), 0.5 * ((w - w_old) * L * (w - w_old)).sum()
+        consolidation_loss([w], [w_old], [L]),
+        0.5 * ((w - w_old) * L * (w - w_old)).sum(),
     )
     z, zs = torch.randn(4, 5), torch.randn(4, 5)
     zs[:, 3:] = MASK_VALUE  # units inactive at storage time take no part
@@ -230,8 +233,13 @@ def test_memory_reservoir_is_uniform_within_a_task():
         mem = CalibrationMemory(5)
         mem.start_task(0)
         x = torch.arange(20.0).view(20, 1)
-        mem.add(x, torch.zeros(20, dtype=torch.long), torch.zeros(20, dtype=torch.long),
-                torch.zeros(20, 1), 0)
+        mem.add(
+            x,
+            torch.zeros(20, dtype=torch.long),
+            torch.zeros(20, dtype=torch.long),
+            torch.zeros(20, 1),
+            0,
+        )
         counts[mem.x[:, 0].long()] += 1
     freq = counts / 300  # expected 5 / 20 = 0.25 for every sample
     assert float((freq - 0.25).abs().max()) < 0.1
