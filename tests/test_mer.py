@@ -1,0 +1,392 @@
+"""MER and ER: equal to a straightforward Algorithm 1/6/7, scenarios, resume, errors."""
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from avalanche.benchmarks import nc_benchmark
+from avalanche.benchmarks.utils import (
+    _make_taskaware_tensor_classification_dataset as make_dataset,
+)
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.training.plugins import EvaluationPlugin, EWCPlugin
+from torch import nn
+
+from avalanche_meta.models.mlp import MLP, MultiHeadMLP
+from avalanche_meta.strategies import ER, MER
+from avalanche_meta.strategies._memory import ReservoirMemory
+from avalanche_meta.utils.scenario import MASK_VALUE, ActiveUnits
+from avalanche_meta.utils.validation import NonFiniteLossError
+
+torch.set_num_threads(1)
+D, C = 6, 4
+
+
+def _silent():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return EvaluationPlugin()
+
+
+def _stream(n=7, seed=0, n_tasks=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, D, generator=g)
+    y = torch.randint(0, C, (n,), generator=g)
+    t = torch.randint(0, n_tasks, (n,), generator=g)
+    return x, y, t
+
+
+def _params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def _run_strategy(strategy, x, y, t):
+    """Feed examples one by one, as ``training_epoch`` does."""
+    if strategy.active_units is None:
+        strategy._make_active_units(C)
+    for i in range(x.shape[0]):
+        xi, yi, ti = x[i : i + 1], y[i : i + 1], t[i : i + 1]
+        strategy.active_units.observe(yi, ti)
+        strategy.learn_example(xi, yi, ti)
+        strategy.memory.add(x[i], y[i], t[i])
+
+
+def _reference(
+    model, x, y, t, *, lr, k, s, beta, gamma, variant, mem_size, seed, scenario="domain"
+):
+    """Algorithm 1 (6, 7) written plainly: deepcopy snapshots, one sample at a time."""
+    model = copy.deepcopy(model)
+    memory = ReservoirMemory(mem_size, seed=seed)
+    units = ActiveUnits(C, scenario)
+    for i in range(x.shape[0]):
+        units.observe(y[i : i + 1], t[i : i + 1])
+        n_batches = 1 if variant == "alg7" else s
+        n_mem = min(k - 1, len(memory))
+        if n_mem:
+            mx, my, mt = memory.sample(n_batches, n_mem)
+        theta_A0 = copy.deepcopy(model.state_dict())
+        for b in range(n_batches):
+            batch = [(x[i], y[i], t[i], float(s) if variant == "alg7" else 1.0)]
+            batch += [(mx[b, j], my[b, j], mt[b, j], 1.0) for j in range(n_mem)]
+            if variant == "alg6":
+                batch = batch[1:] + batch[:1]
+            theta_W0 = copy.deepcopy(model.state_dict())
+            for xj, yj, tj, scale in batch:
+                model.zero_grad()
+                z = units.mask(model(xj.unsqueeze(0)), tj.view(1))
+                loss = scale * F.cross_entropy(z, yj.view(1))
+                loss.backward()
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p -= lr * p.grad
+            if variant == "alg1":
+                theta = model.state_dict()
+                model.load_state_dict(
+                    {n: theta_W0[n] + beta * (theta[n] - theta_W0[n]) for n in theta}
+                )
+        theta = model.state_dict()
+        model.load_state_dict(
+            {n: theta_A0[n] + gamma * (theta[n] - theta_A0[n]) for n in theta}
+        )
+        memory.add(x[i], y[i], t[i])
+    return model
+
+
+HP = dict(lr=0.1, k=3, s=3, beta=0.5, gamma=0.7, mem_size=4, seed=5)
+
+
+def _mer(model, variant="alg1", fast_path=True, scenario="domain"):
+    return MER(
+        model=model,
+        lr=HP["lr"],
+        mem_size=HP["mem_size"],
+        replay_batch_size=HP["k"],
+        batches_per_example=HP["s"],
+        beta=HP["beta"] if variant == "alg1" else None,
+        gamma=HP["gamma"],
+        variant=variant,
+        scenario=scenario,
+        num_classes=C,
+        seed=HP["seed"],
+        fast_path=fast_path,
+        evaluator=_silent(),
+    )
+
+
+@pytest.mark.parametrize("variant", ["alg1", "alg6", "alg7"])
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_equals_reference_algorithm(variant, fast_path):
+    torch.manual_seed(0)
+    model = MLP(D, (8, 8), C)
+    x, y, t = _stream(n=7)  # mem_size 4 < 7: reservoir replacements happen
+    ref = _reference(model, x, y, t, variant=variant, **HP)
+    strategy = _mer(copy.deepcopy(model), variant, fast_path)
+    assert strategy.uses_fast_path == fast_path
+    _run_strategy(strategy, x, y, t)
+    assert not torch.equal(_params(ref), _params(model))  # it did learn something
+    torch.testing.assert_close(
+        _params(strategy.model), _params(ref), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_fast_path_equals_general_path_with_class_masks():
+    torch.manual_seed(1)
+    model = MLP(D, (8, 8), C)
+    x, y, t = _stream(n=9, seed=1)
+    y = y % 3  # class 3 never seen: masked in Class-IL
+    fast = _mer(copy.deepcopy(model), scenario="class")
+    general = _mer(copy.deepcopy(model), fast_path=False, scenario="class")
+    _run_strategy(fast, x, y, t)
+    _run_strategy(general, x, y, t)
+    assert fast.uses_fast_path and not general.uses_fast_path
+    torch.testing.assert_close(_params(fast.model), _params(general.model))
+    ref = _reference(model, x, y, t, variant="alg1", scenario="class", **HP)
+    torch.testing.assert_close(_params(fast.model), _params(ref), rtol=1e-5, atol=1e-6)
+    # the unit of the unseen class never received a gradient
+    assert torch.equal(fast.model.classifier.bias[3], model.classifier.bias[3])
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_task_il_masking_uses_each_samples_own_task(fast_path):
+    torch.manual_seed(2)
+    model = MLP(D, (8,), C)
+    strategy = _mer(copy.deepcopy(model), fast_path=fast_path, scenario="task")
+    strategy._make_active_units(C)
+    strategy.active_units.observe_classes([0, 1], task=0)
+    strategy.active_units.observe_classes([2, 3], task=1)
+    strategy._bind()
+    x = torch.randn(2, D)
+    y = torch.tensor([1, 3])
+    t = torch.tensor([0, 1])
+    bias_before = strategy.model.classifier.bias.detach().clone()
+    # a task-1 memory alone: only task 1's units (2, 3) move
+    strategy.sgd_steps(x[1:], y[1:], t[1:], strategy.inactive_units(t[1:]), [1.0])
+    delta = strategy.model.classifier.bias.detach() - bias_before
+    assert torch.all(delta[:2] == 0) and torch.all(delta[2:] != 0)
+    # its gradient is the softmax over units 2, 3 only
+    z = model(x[1:])[0, 2:]
+    expected = -HP["lr"] * (z.softmax(0) - F.one_hot(torch.tensor(1), 2))
+    torch.testing.assert_close(delta[2:], expected.detach())
+    # a mixed batch (task 0 then task 1): the task-0 sample moves only units 0, 1
+    strategy.model.classifier.bias.data.copy_(bias_before)
+    strategy.sgd_steps(x[:1], y[:1], t[:1], strategy.inactive_units(t[:1]), [1.0])
+    delta = strategy.model.classifier.bias.detach() - bias_before
+    assert torch.all(delta[:2] != 0) and torch.all(delta[2:] == 0)
+
+
+def _benchmark(task_labels, n=160, seed=0, n_experiences=2):
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(C, D, generator=g) * 3
+
+    def data(m):
+        y = torch.randint(0, C, (m,), generator=g)
+        return make_dataset(means[y] + torch.randn(m, D, generator=g), y)
+
+    return nc_benchmark(
+        data(n), data(n), n_experiences, task_labels=task_labels, shuffle=False, seed=0
+    )
+
+
+def _evaluator():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return EvaluationPlugin(accuracy_metrics(experience=True, stream=True))
+
+
+@pytest.mark.parametrize(
+    "scenario,multihead",
+    [("task", False), ("task", True), ("class", False), ("domain", False)],
+)
+def test_smoke_every_scenario_and_accuracy_above_chance(scenario, multihead):
+    torch.manual_seed(3)
+    bm = _benchmark(task_labels=scenario == "task", n=120 if multihead else 160)
+    model = MultiHeadMLP(D, (16,)) if multihead else MLP(D, (16,), C)
+    strategy = MER(
+        model=model,
+        lr=0.05,
+        mem_size=40,
+        replay_batch_size=4,
+        batches_per_example=2,
+        beta=0.5,
+        scenario=scenario,
+        num_classes=C,
+        train_mb_size=4,
+        seed=0,
+        evaluator=_evaluator(),
+    )
+    assert strategy.uses_fast_path != multihead
+    for experience in bm.train_stream:
+        strategy.train(experience)
+    n_train = sum(len(e.dataset) for e in bm.train_stream)
+    assert len(strategy.memory) == 40 and strategy.memory.n_seen == n_train
+    accs = [v for k, v in strategy.eval(bm.test_stream).items() if "Top1_Acc_Exp" in k]
+    assert len(accs) == 2
+    # chance: 1/4 in Class/Domain-IL, 1/2 in Task-IL; both tasks remembered
+    assert min(accs) > 0.8, accs
+
+
+def test_er_smoke_and_reference_step():
+    torch.manual_seed(4)
+    bm = _benchmark(task_labels=False)
+    model = MLP(D, (16,), C)
+    strategy = ER(
+        model=copy.deepcopy(model),
+        lr=0.05,
+        mem_size=30,
+        replay_batch_size=5,
+        scenario="class",
+        seed=0,
+        evaluator=_evaluator(),
+    )
+    for experience in bm.train_stream:
+        strategy.train(experience)
+    accs = [v for k, v in strategy.eval(bm.test_stream).items() if "Top1_Acc_Exp" in k]
+    assert min(accs) > 0.8, accs
+    # one ER step == one SGD step on [current + k-1 memories] (same draws)
+    er = ER(
+        model=copy.deepcopy(model),
+        lr=0.1,
+        mem_size=4,
+        replay_batch_size=3,
+        scenario="domain",
+        num_classes=C,
+        seed=7,
+        evaluator=_silent(),
+    )
+    x, y, t = _stream(n=5, seed=2)
+    _run_strategy(er, x, y, t)
+    ref = copy.deepcopy(model)
+    memory = ReservoirMemory(4, seed=7)
+    for i in range(5):
+        xb, yb = x[i : i + 1], y[i : i + 1]
+        if len(memory):
+            mx, my, _ = memory.sample(1, min(2, len(memory)))
+            xb, yb = torch.cat([xb, mx[0]]), torch.cat([yb, my[0]])
+        ref.zero_grad()
+        F.cross_entropy(ref(xb), yb).backward()
+        with torch.no_grad():
+            for p in ref.parameters():
+                p -= 0.1 * p.grad
+        memory.add(x[i], y[i], t[i])
+    torch.testing.assert_close(_params(er.model), _params(ref))
+
+
+def test_checkpoint_resume_is_bit_identical():
+    bm = _benchmark(task_labels=False, n=60, seed=5)
+    torch.manual_seed(6)
+    model = MLP(D, (8,), C)
+
+    def build(m):
+        return MER(
+            model=m,
+            lr=0.05,
+            mem_size=10,
+            replay_batch_size=4,
+            batches_per_example=2,
+            beta=0.3,
+            scenario="class",
+            num_classes=C,
+            seed=1,
+            evaluator=_silent(),
+        )
+
+    straight = build(copy.deepcopy(model))
+    torch.manual_seed(10)
+    straight.train(bm.train_stream[0])
+    torch.manual_seed(11)
+    straight.train(bm.train_stream[1])
+
+    first = build(copy.deepcopy(model))
+    torch.manual_seed(10)
+    first.train(bm.train_stream[0])
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    buf.seek(0)
+    resumed = build(MLP(D, (8,), C))  # fresh model, fresh memory
+    resumed.load_state_dict(torch.load(buf, weights_only=False))
+    torch.manual_seed(11)
+    resumed.train(bm.train_stream[1])
+    assert torch.equal(_params(resumed.model), _params(straight.model))
+    assert torch.equal(resumed.memory.x, straight.memory.x)
+
+
+def test_bad_input_gives_clear_errors():
+    model = MLP(D, (8,), C)
+    with pytest.raises(ValueError, match="beta"):
+        MER(model=model, beta=0.0, evaluator=_silent())
+    with pytest.raises(ValueError, match="gamma"):
+        MER(model=model, gamma=1.5, evaluator=_silent())
+    with pytest.raises(ValueError, match="mem_size"):
+        MER(model=model, mem_size=0, evaluator=_silent())
+    with pytest.raises(ValueError, match="replay_batch_size"):
+        MER(model=model, replay_batch_size=-1, evaluator=_silent())
+    with pytest.raises(ValueError, match="batches_per_example"):
+        MER(model=model, batches_per_example=0, evaluator=_silent())
+    with pytest.raises(ValueError, match="variant"):
+        MER(model=model, variant="alg2", evaluator=_silent())
+    with pytest.raises(ValueError, match="beta"):
+        MER(model=model, variant="alg7", beta=0.1, evaluator=_silent())
+    with pytest.raises(ValueError, match="momentum"):
+        MER(
+            model=model,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+            evaluator=_silent(),
+        )
+    with pytest.raises(ValueError, match="num_classes"):
+        MER(model=MultiHeadMLP(D, (8,)), evaluator=_silent())
+    with pytest.warns(UserWarning, match="EWCPlugin"):
+        MER(model=model, plugins=[EWCPlugin(1.0)], evaluator=_silent())
+    # Task-IL without task labels
+    strategy = MER(model=model, scenario="task", evaluator=_silent())
+    strategy.mbatch = [torch.randn(1, D), torch.tensor([0])]
+    with pytest.raises(ValueError, match="task label"):
+        strategy._unpack_minibatch()
+    # labels beyond the model's outputs, outputs fewer than num_classes
+    bm = _benchmark(task_labels=False, n=20)
+    small = MER(
+        model=MLP(D, (8,), 3),
+        replay_batch_size=2,
+        batches_per_example=1,
+        evaluator=_silent(),
+    )
+    with pytest.raises(ValueError, match="outputs"):
+        small.train(bm.train_stream)
+    wrong = MER(
+        model=MLP(D, (8,), 3),
+        num_classes=C,
+        replay_batch_size=2,
+        batches_per_example=1,
+        evaluator=_silent(),
+    )
+    with pytest.raises(ValueError, match="num_classes"):
+        wrong.train(bm.train_stream)
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_non_finite_loss_raises_and_is_not_trained_on(fast_path):
+    torch.manual_seed(7)
+    strategy = _mer(MLP(D, (8,), C), fast_path=fast_path)
+    x, y, t = _stream(n=3)
+    _run_strategy(strategy, x, y, t)
+    before = _params(strategy.model)
+    x_bad = x[:1].clone()
+    x_bad[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError):
+        strategy.learn_example(x_bad, y[:1], t[:1])
+    assert torch.equal(_params(strategy.model), before)
+
+
+def test_sequential_model_takes_fast_path_and_others_do_not():
+    from avalanche_meta.strategies.mer import mlp_linear_layers
+
+    seq = nn.Sequential(nn.Flatten(), nn.Linear(D, 5), nn.ReLU(), nn.Linear(5, C))
+    assert len(mlp_linear_layers(seq)) == 2
+    assert (
+        mlp_linear_layers(nn.Sequential(nn.Linear(D, 5), nn.Tanh(), nn.Linear(5, C)))
+        is None
+    )
+    assert mlp_linear_layers(nn.Sequential(nn.Linear(D, C, bias=False))) is None
+    assert MASK_VALUE < -1e8
