@@ -68,8 +68,9 @@ class ConvFrontEnd(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"the conv front-end expects images of shape (batch, "
-                f"{self.in_channels}, H, W), got {tuple(x.shape)}."
+                f"the conv front-end expects images with {self.in_channels} "
+                f"channels, shape (batch, {self.in_channels}, H, W); got "
+                f"{tuple(x.shape)}."
             )
         return self.layers(x)
 

@@ -100,6 +100,4 @@ class ContextGates(nn.Module):
         return h * self.mask(layer)[context]
 
     def extra_repr(self) -> str:
-        return (
-            f"n_contexts={self.n_contexts}, widths={self.widths}, keep={self.keep}"
-        )
+        return f"n_contexts={self.n_contexts}, widths={self.widths}, keep={self.keep}"

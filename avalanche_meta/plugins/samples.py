@@ -94,7 +94,10 @@ class GeneratedSamplesPlot(SupervisedPlugin):
             n_rows = 4
             samples = gen.generate(self.per_class * n_rows).cpu()
             rows = [
-                ("unconditional", samples[i * self.per_class : (i + 1) * self.per_class])
+                (
+                    "unconditional",
+                    samples[i * self.per_class : (i + 1) * self.per_class],
+                )
                 for i in range(n_rows)
             ]
         gen.train(was_training)

@@ -96,7 +96,9 @@ from avalanche_meta.utils.validation import (
 
 
 # -- the maths, as plain functions ------------------------------------------------------
-def distillation_loss(scores: Tensor, target_scores: Tensor, temperature: float) -> Tensor:
+def distillation_loss(
+    scores: Tensor, target_scores: Tensor, temperature: float
+) -> Tensor:
     """Soft-target loss ``T^2 * mean_batch(-sum_c softmax(t/T)_c * log_softmax(s/T)_c)``.
 
     Cross-entropy between the previous model's probabilities at temperature ``T`` and
@@ -338,8 +340,6 @@ class BrainInspiredReplay(SupervisedTemplate):
                 f"{'keep=' + str(gen.gates.keep) if gen.gated else 'off'}: build the "
                 "VAE with gate_keep equal to `gating` (replay_vae(...) does it)."
             )
-        if gen.gated and gen.gate_by == "class" and scenario == "domain":
-            pass  # per-class gates are allowed in Domain-IL (classes are shared)
         if internal is not None and gen.recon_type != "mse":
             raise ValueError(
                 "internal replay models hidden activations, which are not in [0, 1]: "
@@ -511,6 +511,14 @@ class BrainInspiredReplay(SupervisedTemplate):
             )
         self.dataloader = [None]  # one "epoch" of `iterations` steps
 
+    def make_optimizer(self, **kwargs):
+        """Avalanche's, then the optimizer state of a loaded checkpoint (if any)."""
+        super().make_optimizer(**kwargs)
+        pending = getattr(self, "_pending_optimizer_state", None)
+        if pending is not None:
+            self.optimizer.load_state_dict(pending)
+            self._pending_optimizer_state = None
+
     def _before_training_exp(self, **kwargs):
         # Frozen copies of the previous model, generator and active units, taken
         # before anything of the new experience is recorded.
@@ -526,8 +534,11 @@ class BrainInspiredReplay(SupervisedTemplate):
     def _record_classes(self) -> None:
         exp = self.experience
         classes = getattr(exp, "classes_in_this_experience", None)
-        needs_classes = self.conditional or (
-            self.replay_generator.gated and self.replay_generator.gate_by == "class"
+        needs_classes = self.scenario != "domain" and (
+            self.conditional
+            or (
+                self.replay_generator.gated and self.replay_generator.gate_by == "class"
+            )
         )
         if classes is None:
             if needs_classes:
@@ -631,7 +642,13 @@ class BrainInspiredReplay(SupervisedTemplate):
         if t_r is not None and t_r.numel() != n:
             logits_prev = logits_prev.repeat(t_r.numel() // n, 1)
         target_scores = prev.mask(logits_prev, t_r)
-        return {"x": x_r, "y_gen": y_gen, "t_gen": t_gen, "t": t_r, "scores": target_scores}
+        return {
+            "x": x_r,
+            "y_gen": y_gen,
+            "t_gen": t_gen,
+            "t": t_r,
+            "scores": target_scores,
+        }
 
     def forward(self):
         """Masked logits of the current batch (train: also the VAE terms with feedback)."""
@@ -714,9 +731,9 @@ class BrainInspiredReplay(SupervisedTemplate):
             "generator_optimizer": sd(self.generator_optimizer),
             "active": self.active.state_dict(),
             "previous_net": sd(self.previous_net),
-            "previous_generator": None
-            if self.feedback
-            else sd(self.previous_generator),
+            "previous_generator": (
+                None if self.feedback else sd(self.previous_generator)
+            ),
             "previous_active": sd(self.previous_active),
             "experiences_seen": self.experiences_seen,
         }
@@ -725,6 +742,9 @@ class BrainInspiredReplay(SupervisedTemplate):
         """Restore what :meth:`state_dict` saved (into a strategy built the same way)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        # Avalanche's first make_optimizer() of a strategy empties the optimizer's
+        # state (Adam moments); it is loaded again right after it.
+        self._pending_optimizer_state = state["optimizer"]
         if state["generator"] is not None:
             self.generator.load_state_dict(state["generator"])
             self.generator_optimizer.load_state_dict(state["generator_optimizer"])

@@ -1,0 +1,284 @@
+"""Tests of the BI-R VAE family: priors, KL terms, gates, generation, conv front-ends."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+
+from avalanche_meta.models.conv import (
+    ConvFrontEnd,
+    Frozen,
+    cifar_front_end,
+    pretrain_front_end,
+    small_front_end,
+)
+from avalanche_meta.models.gates import ContextGates
+from avalanche_meta.models.vae import (
+    GaussianMixturePrior,
+    ReplayVAE,
+    kl_diag_gaussians,
+    kl_standard_normal,
+)
+
+
+def digits():
+    d = load_digits()
+    x = torch.tensor(d.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    return x, torch.tensor(d.target)
+
+
+# -- KL terms -------------------------------------------------------------------------------
+def test_standard_kl_matches_hand_computation():
+    mu = torch.tensor([[0.5, -1.0]])
+    logvar = torch.tensor([[math.log(2.0), math.log(0.25)]])
+    # KL(N(m, s^2) || N(0, 1)) = 0.5 * (s^2 + m^2 - 1 - log s^2), per dimension
+    hand = 0.5 * (2.0 + 0.25 - 1 - math.log(2.0)) + 0.5 * (
+        0.25 + 1.0 - 1 - math.log(0.25)
+    )
+    assert kl_standard_normal(mu, logvar).item() == pytest.approx(hand, rel=1e-6)
+
+
+def test_gmm_kl_given_class_is_closed_form_against_its_mode():
+    """The labelled KL is closed form: check it by hand and by Monte-Carlo."""
+    torch.manual_seed(0)
+    prior = GaussianMixturePrior(z_dim=2, n_modes=3)
+    with torch.no_grad():
+        prior.means.copy_(torch.tensor([[0.0, 0.0], [1.0, -2.0], [3.0, 3.0]]))
+        prior.logvars.copy_(torch.log(torch.tensor([[1.0, 1.0], [0.5, 2.0], [1, 1]])))
+    mu = torch.tensor([[0.3, -1.5]])
+    logvar = torch.log(torch.tensor([[0.2, 1.0]]))
+    y = torch.tensor([1])
+    kl = prior.kl(mu, logvar, mu, y).item()
+    # hand: sum_d 0.5 * (log vp/vq + (vq + (mq - mp)^2) / vp - 1)
+    hand = 0.5 * (math.log(0.5 / 0.2) + (0.2 + 0.7**2) / 0.5 - 1) + 0.5 * (
+        math.log(2.0 / 1.0) + (1.0 + 0.5**2) / 2.0 - 1
+    )
+    assert kl == pytest.approx(hand, rel=1e-5)
+    # Monte-Carlo: E_q[log q(z) - log p(z | y)]
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(prior.means[1], (0.5 * prior.logvars[1]).exp())
+    z = q.sample((200_000,))
+    mc = (q.log_prob(z).sum(-1) - p.log_prob(z).sum(-1)).mean().item()
+    assert kl == pytest.approx(mc, abs=0.02)
+    # the generic closed form agrees with torch.distributions
+    ref = torch.distributions.kl_divergence(q, p).sum().item()
+    assert kl_diag_gaussians(
+        mu, logvar, prior.means[1:2], prior.logvars[1:2]
+    ).item() == (pytest.approx(ref, rel=1e-5))
+
+
+def test_gmm_kl_without_class_is_single_sample_estimate_against_mixture():
+    prior = GaussianMixturePrior(z_dim=1, n_modes=2)
+    with torch.no_grad():
+        prior.means.copy_(torch.tensor([[-1.0], [2.0]]))
+        prior.logvars.zero_()
+    mu, logvar, z = torch.tensor([[0.5]]), torch.tensor([[0.0]]), torch.tensor([[0.1]])
+
+    def npdf(v, m):
+        return math.exp(-0.5 * (v - m) ** 2) / math.sqrt(2 * math.pi)
+
+    log_q = math.log(npdf(0.1, 0.5))
+    log_p = math.log(0.5 * npdf(0.1, -1.0) + 0.5 * npdf(0.1, 2.0))
+    assert prior.kl(mu, logvar, z, None).item() == pytest.approx(
+        log_q - log_p, rel=1e-5
+    )
+
+
+def test_gmm_prior_samples_from_the_asked_modes():
+    prior = GaussianMixturePrior(z_dim=3, n_modes=4)
+    with torch.no_grad():
+        prior.means.copy_(torch.arange(4.0).unsqueeze(1).repeat(1, 3) * 10)
+        prior.logvars.fill_(math.log(1e-4))
+    z = prior.sample(5, torch.tensor([2, 2, 0, 3, 1]))
+    assert torch.allclose(z[:, 0], torch.tensor([20.0, 20, 0, 30, 10]), atol=0.1)
+    with pytest.raises(ValueError, match="n_modes"):
+        prior.sample(1, torch.tensor([4]))
+
+
+# -- gates ----------------------------------------------------------------------------------
+def test_gates_keep_exact_proportion_and_are_fixed_per_context():
+    gates = ContextGates(n_contexts=10, widths=(400, 50), keep=0.8)
+    m0, m1 = gates.mask(0), gates.mask(1)
+    assert torch.all(m0.sum(1) == 320) and torch.all(m1.sum(1) == 40)
+    assert not torch.equal(m0[0], m0[1])  # different classes, different masks
+    h = torch.ones(3, 400)
+    out1 = gates(h, 0, torch.tensor([4, 4, 7]))
+    out2 = gates(h, 0, torch.tensor([4, 4, 7]))
+    assert torch.equal(out1, out2) and torch.equal(out1[0], m0[4])
+    assert torch.equal(out1[2], m0[7])
+    with pytest.raises(ValueError, match="n_contexts"):
+        gates(h, 0, torch.tensor([1, 2, 10]))
+
+
+@pytest.mark.parametrize("keep", [0.0, -0.1, 1.5, float("nan")])
+def test_gate_keep_outside_unit_interval_is_refused(keep):
+    with pytest.raises(ValueError, match="keep"):
+        ContextGates(n_contexts=2, widths=(4,), keep=keep)
+
+
+def test_gate_keep_of_vae_checked():
+    with pytest.raises(ValueError, match="gate_keep"):
+        ReplayVAE(input_size=4, gate_keep=1.2, gate_contexts=2)
+    with pytest.raises(ValueError, match="gate_contexts"):
+        ReplayVAE(input_size=4, gate_keep=0.8)
+
+
+def test_gates_and_modes_are_restored_from_a_checkpoint(tmp_path):
+    torch.manual_seed(1)
+    a = ReplayVAE(
+        input_size=64,
+        hidden_sizes=(32, 32),
+        z_dim=4,
+        num_classes=10,
+        prior="gmm",
+        gate_keep=0.8,
+        gate_contexts=10,
+    )
+    torch.save(a.state_dict(), tmp_path / "vae.pt")
+    torch.manual_seed(2)
+    b = ReplayVAE(
+        input_size=64,
+        hidden_sizes=(32, 32),
+        z_dim=4,
+        num_classes=10,
+        prior="gmm",
+        gate_keep=0.8,
+        gate_contexts=10,
+    )
+    assert not torch.equal(a.gates.mask(0), b.gates.mask(0))
+    assert "gates.mask_0" in a.state_dict() and "prior.means" in a.state_dict()
+    b.load_state_dict(torch.load(tmp_path / "vae.pt"))
+    assert torch.equal(a.gates.mask(0), b.gates.mask(0))
+    assert torch.equal(a.gates.mask(1), b.gates.mask(1))
+    z = torch.randn(5, 4)
+    y = torch.tensor([0, 3, 3, 9, 1])
+    assert torch.equal(a.decode(z, y), b.decode(z, y))
+
+
+def test_decoder_gate_really_switches_units_off():
+    torch.manual_seed(0)
+    vae = ReplayVAE(
+        input_size=16, hidden_sizes=(20,), z_dim=3, gate_keep=0.5, gate_contexts=2
+    )
+    seen = {}
+    vae.decoder[0].register_forward_hook(lambda m, i, o: seen.update(pre=o))
+    z = torch.randn(1, 3)
+    vae.decode(z, torch.tensor([1]))
+    post = F.relu(seen["pre"]) * vae.gates.mask(0)[1]
+    ref = torch.sigmoid(vae.to_x(post))
+    assert torch.allclose(vae.decode(z, torch.tensor([1])), ref)
+    with pytest.raises(ValueError, match="context"):
+        vae.decode(z)
+
+
+# -- shapes, interface, errors ----------------------------------------------------------------
+def test_input_shape_not_matching_generator_is_refused():
+    vae = ReplayVAE(input_size=784, hidden_sizes=(16,), z_dim=4, num_classes=10)
+    with pytest.raises(ValueError, match="784"):
+        vae(torch.rand(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="output_shape"):
+        ReplayVAE(input_size=784, output_shape=(1, 8, 8))
+
+
+def test_generate_follows_avalanche_generator_interface():
+    from avalanche.models.generator import Generator
+
+    vae = ReplayVAE(
+        input_size=64,
+        hidden_sizes=(16,),
+        z_dim=4,
+        num_classes=10,
+        prior="gmm",
+        output_shape=(1, 8, 8),
+    )
+    assert isinstance(vae, Generator)
+    assert vae.generate(5).shape == (5, 1, 8, 8)
+    assert vae.generate(3, condition=[1, 2, 3]).shape == (3, 1, 8, 8)
+    x = vae.generate(4, condition=2)
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
+    plain = ReplayVAE(input_size=64, hidden_sizes=(16,), z_dim=4)
+    with pytest.raises(ValueError, match="chosen classes"):
+        plain.generate(2, condition=1)
+    with pytest.raises(ValueError, match="classifier"):
+        plain(torch.rand(2, 64))
+
+
+def test_evaluate_loss_is_per_feature_elbo():
+    torch.manual_seed(0)
+    vae = ReplayVAE(input_size=64, hidden_sizes=(16,), z_dim=4, num_classes=10)
+    x = torch.rand(6, 1, 8, 8)
+    out = vae.evaluate(x)
+    recon = F.binary_cross_entropy(out.x_recon, x.flatten(1), reduction="none").sum(1)
+    assert torch.allclose(out.recon, recon)
+    assert torch.allclose(out.kl, kl_standard_normal(out.mu, out.logvar))
+    assert torch.allclose(out.generation, (recon + out.kl) / 64)
+    mse = ReplayVAE(input_size=64, hidden_sizes=(16,), z_dim=4, recon="mse")
+    out = mse.evaluate(x)
+    assert torch.allclose(out.recon, 0.5 * (out.x_recon - x.flatten(1)).pow(2).sum(1))
+
+
+def test_conditional_generation_gives_the_asked_class():
+    """Train classifier + GMM-VAE jointly on the 8x8 digits, then generate each class:
+    the classifier labels the generated samples as the asked class."""
+    torch.manual_seed(0)
+    x, y = digits()
+    vae = ReplayVAE(
+        input_size=64,
+        hidden_sizes=(128, 128),
+        z_dim=10,
+        num_classes=10,
+        prior="gmm",
+        gate_keep=0.8,
+        gate_contexts=10,
+        output_shape=(1, 8, 8),
+    )
+    opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
+    for _ in range(700):
+        idx = torch.randint(len(y), (64,))
+        out = vae.evaluate(x[idx], y[idx])
+        loss = F.cross_entropy(out.logits, y[idx]) + out.generation.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    vae.eval()
+    asked = torch.arange(10).repeat_interleave(20)
+    with torch.no_grad():
+        pred = vae(vae.generate(len(asked), condition=asked)).argmax(1)
+    acc = (pred == asked).float().mean().item()
+    assert acc > 0.8, acc  # chance is 0.1
+
+
+# -- conv front-ends ------------------------------------------------------------------------------
+def test_cifar_front_end_shapes_on_synthetic_tensors():
+    front = cifar_front_end()
+    x = torch.rand(4, 3, 32, 32)
+    assert front(x).shape == (4, 256, 2, 2)
+    assert front.output_size((3, 32, 32)) == 1024
+    assert small_front_end().output_size((1, 28, 28)) == 32 * 7 * 7
+    with pytest.raises(ValueError, match="channels"):
+        front(torch.rand(2, 1, 32, 32))
+
+
+def test_pretrained_front_end_is_frozen_and_stays_in_eval_mode():
+    torch.manual_seed(0)
+    x, y = digits()
+    front = ConvFrontEnd(in_channels=1, channels=(8,), strides=(2,))
+    frozen = pretrain_front_end(front, x, y, iterations=60, batch_size=64, lr=3e-3)
+    assert isinstance(frozen, Frozen)
+    assert all(not p.requires_grad for p in frozen.parameters())
+    bn = frozen.module.layers[1]
+    stats = bn.running_mean.clone()
+    wrapper = torch.nn.Sequential(frozen)
+    wrapper.train()
+    assert not frozen.module.training
+    frozen(torch.rand(16, 1, 8, 8) * 5)
+    assert torch.equal(bn.running_mean, stats)
+    # pre-training learned something: a linear probe on its features beats chance
+    feats = frozen(x).flatten(1)
+    w = torch.linalg.lstsq(
+        torch.cat([feats, torch.ones(len(y), 1)], 1), F.one_hot(y, 10).float()
+    ).solution
+    acc = (torch.cat([feats, torch.ones(len(y), 1)], 1) @ w).argmax(1) == y
+    assert acc.float().mean() > 0.5
