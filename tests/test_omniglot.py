@@ -1,0 +1,166 @@
+"""Omniglot loader and benchmarks: a tiny synthetic zip in Omniglot's layout, the
+offline subsets in the shared data folder, and a MAML smoke run on them."""
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from avalanche_meta.benchmarks.datasets import DatasetNotFoundError
+from avalanche_meta.benchmarks.omniglot import (
+    find_omniglot,
+    load_omniglot,
+    omniglot_continual,
+    omniglot_fewshot,
+    split_by_alphabet,
+    split_by_character,
+)
+
+ALPHABETS = {"Alpha": 3, "Beta": 4}  # characters per alphabet
+DRAWINGS = 4
+
+
+def drawing(char_index: int, k: int) -> bytes:
+    """A 105x105 Omniglot-like PNG: black strokes on white, mode "1"."""
+    img = Image.new("1", (105, 105), 1)
+    d = ImageDraw.Draw(img)
+    x0 = 10 + 12 * char_index + k
+    d.rectangle([x0, 20, x0 + 10, 80], fill=0)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_tiny_omniglot(root: Path, as_zip: bool, name="images_background") -> Path:
+    files = {}
+    i = 0
+    for alphabet, n_chars in ALPHABETS.items():
+        for c in range(n_chars):
+            for k in range(DRAWINGS):
+                key = f"{name}/{alphabet}/character{c + 1:02d}/{i:04d}_{k + 1:02d}.png"
+                files[key] = drawing(i, k)
+            i += 1
+    if as_zip:
+        path = root / f"{name}.zip"
+        with zipfile.ZipFile(path, "w") as zf:
+            for key, data in files.items():
+                zf.writestr(key, data)
+        return path
+    for key, data in files.items():
+        p = root / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return root / name
+
+
+def test_loader_reads_zip_and_folder_inverts_resizes_and_caches(tmp_path):
+    zip_path = write_tiny_omniglot(tmp_path, as_zip=True)
+    cache = tmp_path / "cache"
+    data = load_omniglot(zip_path, cache_dir=cache)
+    n_chars = sum(ALPHABETS.values())
+    assert data.images.shape == (n_chars * DRAWINGS, 1, 28, 28)
+    assert data.images.dtype == torch.float32
+    assert torch.equal(torch.bincount(data.targets), torch.full((n_chars,), DRAWINGS))
+    assert data.alphabets == ["Alpha", "Beta"]
+    assert data.characters[0] == "Alpha/character01"
+    assert data.alphabet_of.tolist() == [0, 0, 0, 1, 1, 1, 1]
+    # strokes are 1, background 0 (inverted), and the stroke moves with the class
+    assert data.images[:, :, 0, 0].max() == 0.0
+    assert data.images.amax(dim=(1, 2, 3)).min() > 0.9
+    col = data.images[data.targets == 0].mean(0)[0, 14]
+    col6 = data.images[data.targets == 6].mean(0)[0, 14]
+    assert col.argmax() < col6.argmax()
+    # cached: one .pt file, the second load is identical
+    files = list(cache.glob("*.pt"))
+    assert len(files) == 1
+    again = load_omniglot(zip_path, cache_dir=cache)
+    assert (
+        torch.equal(again.images, data.images) and again.characters == data.characters
+    )
+    # the folder layout gives the same tensors
+    folder = write_tiny_omniglot(tmp_path / "unzipped", as_zip=False)
+    same = load_omniglot(folder, use_cache=False)
+    assert torch.allclose(same.images, data.images) and torch.equal(
+        same.targets, data.targets
+    )
+
+
+def test_missing_data_raises_dataset_not_found_with_paths(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="images_evaluation"):
+        find_omniglot("evaluation", tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=str(tmp_path / "omniglot")):
+        omniglot_fewshot(train="background", test="evaluation", data_root=tmp_path)
+    # a named set is found in <root>/omniglot
+    (tmp_path / "omniglot").mkdir()
+    path = write_tiny_omniglot(tmp_path / "omniglot", as_zip=True)
+    assert find_omniglot("background", tmp_path) == path
+
+
+def test_splits_by_character_and_by_alphabet(tmp_path):
+    data = load_omniglot(write_tiny_omniglot(tmp_path, True), use_cache=False)
+    train, test = split_by_character(data, test_fraction=0.3, seed=0)
+    assert sorted(train + test) == list(range(data.num_classes))
+    assert {int(data.alphabet_of[c]) for c in test} == {0, 1}  # every alphabet
+    train, test = split_by_alphabet(data, ["Beta"])
+    assert test == [3, 4, 5, 6] and train == [0, 1, 2]
+    with pytest.raises(ValueError, match="test_alphabets"):
+        split_by_alphabet(data, 2)
+
+
+def test_fewshot_benchmark_by_character_split(tmp_path):
+    (tmp_path / "omniglot").mkdir()
+    write_tiny_omniglot(tmp_path / "omniglot", as_zip=True)
+    info = omniglot_fewshot(
+        train="background", test=None, test_classes=2, data_root=tmp_path
+    )
+    assert info.extras["train_classes"] == 5 and info.extras["test_classes"] == 2
+    tr = info.benchmark.train_stream[0].dataset
+    te = info.benchmark.test_stream[0].dataset
+    assert set(tr.targets) == set(range(5)) and set(te.targets) == {5, 6}
+    assert info.input_shape == (1, 28, 28)
+
+
+def test_offline_subsets_test_alphabets_never_seen(data_root, tmp_path):
+    info = omniglot_fewshot(data_root=data_root, cache_dir=tmp_path)
+    ex = info.extras
+    assert ex["train_classes"] == 136
+    assert not set(ex["train_alphabets"]) & set(ex["test_alphabets"])
+    assert set(ex["dropped_test_alphabets"]) == {"Greek", "Latin"}
+    assert ex["test_classes"] == 156 - 24 - 26
+    te = info.benchmark.test_stream[0].dataset
+    assert len(te) == 20 * ex["test_classes"]
+    cont = omniglot_continual(data_root=data_root, cache_dir=tmp_path, n_experiences=4)
+    groups = cont.extras["alphabet_groups"]
+    assert len(groups) == 4 and len({a for g in groups for a in g}) == 8
+    for tr_exp, te_exp in zip(cont.benchmark.train_stream, cont.benchmark.test_stream):
+        assert not set(tr_exp.dataset.targets) & set(te_exp.dataset.targets)
+
+
+def test_maml_on_real_omniglot_smoke(data_root, tmp_path):
+    from avalanche.logging import TextLogger
+    from avalanche.training.plugins import EvaluationPlugin
+
+    from avalanche_meta.evaluation.fewshot import FewShotAccuracy
+    from avalanche_meta.strategies.maml import MAML
+    from avalanche_meta.utils.quiet_import import import_learn2learn
+
+    l2l = import_learn2learn()
+    torch.manual_seed(0)
+    info = omniglot_fewshot(data_root=data_root, cache_dir=tmp_path)
+    metric = FewShotAccuracy(ways=5, shots=1, num_tasks=4, inner_steps=3)
+    strategy = MAML(
+        model=l2l.vision.models.OmniglotCNN(output_size=5),
+        meta_iterations=2,
+        meta_batch_size=2,
+        class_rotations=True,
+        task_rotation_prob=0.4,
+        evaluator=EvaluationPlugin(metric, loggers=[TextLogger(io.StringIO())]),
+    )
+    strategy.train(info.benchmark.train_stream[0])
+    assert strategy.sampler.num_classes == 4 * 136
+    res = strategy.eval(info.benchmark.test_stream)
+    acc = res["FewShotAcc_Exp/eval_phase/test_stream/Exp000"]
+    assert 0.0 <= acc <= 1.0 and len(metric.results[0].accuracies) == 4
