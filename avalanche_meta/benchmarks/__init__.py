@@ -38,3 +38,8 @@ __all__ = [
     "permuted_mnist",
     "split_digits",
 ]
+from avalanche_meta.benchmarks.omniglot import (  # noqa: E402,F401
+    load_omniglot,
+    omniglot_continual,
+    omniglot_fewshot,
+)

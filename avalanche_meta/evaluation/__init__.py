@@ -36,3 +36,8 @@ __all__ = [
     "forgetting",
     "fwt",
 ]
+from avalanche_meta.evaluation.fewshot import (  # noqa: E402,F401
+    FewShotAccuracy,
+    few_shot_accuracy,
+    fewshot_metrics,
+)
