@@ -135,18 +135,38 @@ def build_joint(ctx: RunContext, **hp):
     return JointTraining(model=model, optimizer=opt, **kw)
 
 
+def _quiet_experience_balanced_buffer(mem_size: int):
+    """Avalanche's ``ExperienceBalancedBuffer`` whose ``update`` calls ``post_adapt``
+    directly, as the deprecated base method does, without its deprecation warning:
+    Avalanche's ``@deprecated`` resets the warning filters on every call, so the
+    warning would be printed after every experience of every run."""
+    from avalanche.training.storage_policy import ExperienceBalancedBuffer
+
+    class ExperienceBalancedBufferNoWarning(ExperienceBalancedBuffer):
+        def update(self, strategy, **kwargs):
+            self.post_adapt(strategy, strategy.experience)
+
+    return ExperienceBalancedBufferNoWarning(max_size=mem_size, adaptive_size=True)
+
+
 @register_strategy(
     "replay",
     help="experience replay with an experience-balanced buffer (Avalanche Replay)",
     params=_params(mem_size=(int, 200, "number of stored examples")),
 )
 def build_replay(ctx: RunContext, **hp):
-    from avalanche.training.supervised import Replay
+    """Avalanche's ``Replay``, which is ``Naive`` plus ``ReplayPlugin(mem_size)``,
+    built as such so that the buffer's deprecation warning stays quiet."""
+    from avalanche.training.plugins import ReplayPlugin
+    from avalanche.training.supervised import Naive
 
     mem_size = hp.pop("mem_size")
     check_positive("mem_size", mem_size, integer=True)
     model, opt, kw = _common(ctx, hp)
-    return Replay(model=model, optimizer=opt, mem_size=mem_size, **kw)
+    plugin = ReplayPlugin(
+        mem_size=mem_size, storage_policy=_quiet_experience_balanced_buffer(mem_size)
+    )
+    return Naive(model=model, optimizer=opt, plugins=[plugin], **kw)
 
 
 @register_strategy(
