@@ -2,6 +2,7 @@
 offline subsets in the shared data folder, and a MAML smoke run on them."""
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -123,8 +124,14 @@ def test_fewshot_benchmark_by_character_split(tmp_path):
     assert info.input_shape == (1, 28, 28)
 
 
-def test_offline_subsets_test_alphabets_never_seen(data_root, tmp_path):
-    info = omniglot_fewshot(data_root=data_root, cache_dir=tmp_path)
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One decoded-Omniglot cache for the tests of this module (not in the repo)."""
+    return tmp_path_factory.mktemp("omniglot-cache")
+
+
+def test_offline_subsets_test_alphabets_never_seen(data_root, cache):
+    info = omniglot_fewshot(data_root=data_root, cache_dir=cache)
     ex = info.extras
     assert ex["train_classes"] == 136
     assert not set(ex["train_alphabets"]) & set(ex["test_alphabets"])
@@ -132,14 +139,14 @@ def test_offline_subsets_test_alphabets_never_seen(data_root, tmp_path):
     assert ex["test_classes"] == 156 - 24 - 26
     te = info.benchmark.test_stream[0].dataset
     assert len(te) == 20 * ex["test_classes"]
-    cont = omniglot_continual(data_root=data_root, cache_dir=tmp_path, n_experiences=4)
+    cont = omniglot_continual(data_root=data_root, cache_dir=cache, n_experiences=4)
     groups = cont.extras["alphabet_groups"]
     assert len(groups) == 4 and len({a for g in groups for a in g}) == 8
     for tr_exp, te_exp in zip(cont.benchmark.train_stream, cont.benchmark.test_stream):
         assert not set(tr_exp.dataset.targets) & set(te_exp.dataset.targets)
 
 
-def test_maml_on_real_omniglot_smoke(data_root, tmp_path):
+def test_maml_on_real_omniglot_smoke(data_root, cache):
     from avalanche.logging import TextLogger
     from avalanche.training.plugins import EvaluationPlugin
 
@@ -149,7 +156,7 @@ def test_maml_on_real_omniglot_smoke(data_root, tmp_path):
 
     l2l = import_learn2learn()
     torch.manual_seed(0)
-    info = omniglot_fewshot(data_root=data_root, cache_dir=tmp_path)
+    info = omniglot_fewshot(data_root=data_root, cache_dir=cache)
     metric = FewShotAccuracy(ways=5, shots=1, num_tasks=4, inner_steps=3)
     strategy = MAML(
         model=l2l.vision.models.OmniglotCNN(output_size=5),
@@ -164,3 +171,31 @@ def test_maml_on_real_omniglot_smoke(data_root, tmp_path):
     res = strategy.eval(info.benchmark.test_stream)
     acc = res["FewShotAcc_Exp/eval_phase/test_stream/Exp000"]
     assert 0.0 <= acc <= 1.0 and len(metric.results[0].accuracies) == 4
+
+
+def test_cli_continual_fewshot_fills_accuracy_matrix(
+    data_root, cache, tmp_path, monkeypatch
+):
+    from avalanche_meta.cli.runner import run_experiment
+
+    monkeypatch.setenv("AVALANCHE_META_CACHE", str(cache))
+    res = run_experiment(
+        "fomaml",
+        "omniglot-continual",
+        seed=0,
+        data_root=str(data_root),
+        out_dir=tmp_path / "run",
+        hparams=dict(
+            meta_iterations=1, meta_batch_size=1, eval_tasks=2, eval_inner_steps=1
+        ),
+        benchmark_options={"n_experiences": 2},
+        progress=False,
+        plots=False,
+        initial_eval=False,
+    )
+    R = res["accuracy_matrix"]
+    assert len(R) == 2 and all(len(r) == 2 for r in R)
+    assert all(0.0 <= v <= 100.0 for r in R for v in r)
+    assert res["average_accuracy"] == pytest.approx((R[1][0] + R[1][1]) / 2)
+    extra = json.loads((tmp_path / "run" / "fewshot.json").read_text())
+    assert len(extra["ci95_matrix"]) == 2
