@@ -98,7 +98,18 @@ def _reference(
 HP = dict(lr=0.1, k=3, s=3, beta=0.5, gamma=0.7, mem_size=4, seed=5)
 
 
-def _mer(model, variant="alg1", fast_path=True, scenario="domain"):
+def _mer(model, variant="alg1", fast_path=True, scenario="domain", loop=None):
+    """A MER with the tests' hyper-parameters; ``loop`` forces the inner loop."""
+    strategy = _make_mer(model, variant, fast_path, scenario)
+    if loop == "torchscript":
+        strategy._bind()
+        strategy._native = None
+    if loop is not None:
+        assert strategy.inner_loop == loop
+    return strategy
+
+
+def _make_mer(model, variant, fast_path, scenario):
     return MER(
         model=model,
         lr=HP["lr"],
@@ -116,15 +127,17 @@ def _mer(model, variant="alg1", fast_path=True, scenario="domain"):
     )
 
 
+LOOPS = ["native", "torchscript", "autograd"]
+
+
 @pytest.mark.parametrize("variant", ["alg1", "alg6", "alg7"])
-@pytest.mark.parametrize("fast_path", [True, False])
-def test_equals_reference_algorithm(variant, fast_path):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_equals_reference_algorithm(variant, loop):
     torch.manual_seed(0)
     model = MLP(D, (8, 8), C)
     x, y, t = _stream(n=7)  # mem_size 4 < 7: reservoir replacements happen
     ref = _reference(model, x, y, t, variant=variant, **HP)
-    strategy = _mer(copy.deepcopy(model), variant, fast_path)
-    assert strategy.uses_fast_path == fast_path
+    strategy = _mer(copy.deepcopy(model), variant, loop != "autograd", loop=loop)
     _run_strategy(strategy, x, y, t)
     assert not torch.equal(_params(ref), _params(model))  # it did learn something
     torch.testing.assert_close(
@@ -132,16 +145,17 @@ def test_equals_reference_algorithm(variant, fast_path):
     )
 
 
-def test_fast_path_equals_general_path_with_class_masks():
+@pytest.mark.parametrize("loop", ["native", "torchscript"])
+def test_fast_path_equals_general_path_with_class_masks(loop):
     torch.manual_seed(1)
     model = MLP(D, (8, 8), C)
     x, y, t = _stream(n=9, seed=1)
     y = y % 3  # class 3 never seen: masked in Class-IL
-    fast = _mer(copy.deepcopy(model), scenario="class")
+    fast = _mer(copy.deepcopy(model), scenario="class", loop=loop)
     general = _mer(copy.deepcopy(model), fast_path=False, scenario="class")
     _run_strategy(fast, x, y, t)
     _run_strategy(general, x, y, t)
-    assert fast.uses_fast_path and not general.uses_fast_path
+    assert general.inner_loop == "autograd"
     torch.testing.assert_close(_params(fast.model), _params(general.model))
     ref = _reference(model, x, y, t, variant="alg1", scenario="class", **HP)
     torch.testing.assert_close(_params(fast.model), _params(ref), rtol=1e-5, atol=1e-6)
@@ -149,11 +163,13 @@ def test_fast_path_equals_general_path_with_class_masks():
     assert torch.equal(fast.model.classifier.bias[3], model.classifier.bias[3])
 
 
-@pytest.mark.parametrize("fast_path", [True, False])
-def test_task_il_masking_uses_each_samples_own_task(fast_path):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_task_il_masking_uses_each_samples_own_task(loop):
     torch.manual_seed(2)
     model = MLP(D, (8,), C)
-    strategy = _mer(copy.deepcopy(model), fast_path=fast_path, scenario="task")
+    strategy = _mer(
+        copy.deepcopy(model), fast_path=loop != "autograd", scenario="task", loop=loop
+    )
     strategy._make_active_units(C)
     strategy.active_units.observe_classes([0, 1], task=0)
     strategy.active_units.observe_classes([2, 3], task=1)
@@ -365,10 +381,10 @@ def test_bad_input_gives_clear_errors():
         wrong.train(bm.train_stream)
 
 
-@pytest.mark.parametrize("fast_path", [True, False])
-def test_non_finite_loss_raises_and_is_not_trained_on(fast_path):
+@pytest.mark.parametrize("loop", LOOPS)
+def test_non_finite_loss_raises_and_is_not_trained_on(loop):
     torch.manual_seed(7)
-    strategy = _mer(MLP(D, (8,), C), fast_path=fast_path)
+    strategy = _mer(MLP(D, (8,), C), fast_path=loop != "autograd", loop=loop)
     x, y, t = _stream(n=3)
     _run_strategy(strategy, x, y, t)
     before = _params(strategy.model)
