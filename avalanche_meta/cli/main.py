@@ -74,6 +74,26 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
 
 
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice); 1 avoids oversubscription "
+        "when several jobs share the cores",
+    )
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}.")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _add_bench_opt(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bench-opt",
@@ -149,6 +169,7 @@ def build_run_parser(spec: registry.StrategySpec) -> argparse.ArgumentParser:
         help="skip the eval before training (then FWT is not computed)",
     )
     _add_bench_opt(p)
+    _add_threads(p)
     group = p.add_argument_group(f"hyper-parameters of {spec.name}")
     for name, (typ, default, text) in spec.params.items():
         flag = "--" + name.replace("_", "-")
@@ -242,6 +263,7 @@ def cmd_run(argv: List[str]) -> int:
         for name in spec.params
         if hasattr(args, "hp_" + name)
     }
+    _set_threads(args.threads)
     res = run_experiment(
         spec.name,
         args.benchmark,
@@ -285,6 +307,7 @@ def _settings(items: Sequence[str]) -> Dict[str, Dict[str, Any]]:
 
 
 def cmd_compare(args: argparse.Namespace, argv: List[str]) -> int:
+    _set_threads(args.threads)
     res = compare_experiments(
         args.strategies,
         args.benchmark,
@@ -462,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-initial-eval", action="store_true", help="skip FWT's eval")
     c.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     c.add_argument("--progress", action="store_true", help="Avalanche progress bars")
+    _add_threads(c)
     c.set_defaults(func=cmd_compare)
 
     r = sub.add_parser(
