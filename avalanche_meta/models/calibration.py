@@ -452,9 +452,12 @@ def fisher_importance(
       per-sample one costs one backward pass per memory sample and incoming batch);
     - ``dL/dtheta~`` is obtained by the chain rule, ``dL/dtheta / tile(psi)``;
     - "divided by the calibration scale" is ``/ max(|tile(psi)|, 1e-3)`` (kept positive);
-    - ``normalize=True`` divides by the mean importance over all calibrated weights,
-      so that the consolidation weight does not depend on the loss's magnitude (the
-      raw squared batch gradient is ~1e-6 and would make term (a) vanish).
+    - ``normalize=True`` divides by the largest importance over all calibrated
+      weights (``Lambda`` in [0, 1]), so that the consolidation weight does not
+      depend on the loss's magnitude (the raw squared batch gradient is ~1e-6 and
+      would make term (a) vanish). Dividing by the mean instead let a few weights
+      get importances of the order of the number of weights and made the outer
+      step diverge (NaN) on permuted MNIST.
 
     :param loss: the memory distillation loss at the current parameters.
     :param model: the calibrated model.
@@ -474,11 +477,9 @@ def fisher_importance(
         g_tilde = g.detach() / s
         Lambda.append(g_tilde.pow(2) / s)
     if normalize:
-        total = sum(float(L.sum()) for L in Lambda)
-        count = sum(L.numel() for L in Lambda)
-        mean = total / max(count, 1)
-        if mean > 0 and math.isfinite(mean):
-            Lambda = [L / mean for L in Lambda]
+        peak = max((float(L.max()) for L in Lambda if L.numel()), default=0.0)
+        if peak > 0 and math.isfinite(peak):
+            Lambda = [L / peak for L in Lambda]
     return Lambda
 
 

@@ -25,7 +25,7 @@ Where this departs from, or fixes what the paper leaves open:
 - the paper's term (a) has no weight; ``consolidation`` (default 1) weighs it and
   ``consolidation=0`` is the "no consolidation term" ablation;
 - the Fisher-style importance: see :func:`~avalanche_meta.models.calibration.fisher_importance`
-  (batch gradient, chain rule through ``psi``, normalised to mean 1);
+  (batch gradient, chain rule through ``psi``, normalised to max 1);
 - the KL direction is SPEC's ``KL(current || stored)``, over the units active when
   each sample was stored; no ``T^2`` factor;
 - the memory (:class:`~avalanche_meta.models.calibration.CalibrationMemory`) is

@@ -17,7 +17,12 @@ import torch
 from torch import nn
 
 from avalanche_meta.cli.context import BenchContext, ReproContext, RunContext
-from avalanche_meta.cli.registry import Param, register_bench, register_reproduction
+from avalanche_meta.cli.registry import (
+    Param,
+    register_bench,
+    register_benchmark,
+    register_reproduction,
+)
 from avalanche_meta.cli.registry import register_strategy
 from avalanche_meta.utils.validation import check_choice, check_positive
 
@@ -138,6 +143,35 @@ _register(
 )
 
 
+@register_benchmark(
+    "online-permuted-mnist",
+    help="MER's MNIST Permutations stream (20 tasks x 1000) in online batches of 10 "
+    "(NCCL's protocol)",
+    scenarios=("task", "domain"),
+    default_scenario="domain",
+)
+def build_online_permuted_mnist(*, scenario: str, seed: int, data_root=None, **options):
+    """``mnist-permutations`` (same tasks, subsets and test sets) for NCCL's protocol.
+
+    The MER protocol fixes online batches of 1 (``info.online_batch = 1``), which
+    the runner imposes on every strategy. Here ``info.online`` is False, so that
+    (as on split MNIST) strategies registered ``online=True`` (NCCL, ER, MER) get
+    their own online batch (10) and the others train one pass with
+    ``batch_size=10`` on whole experiences. Splitting whole experiences for the
+    others would break A-GEM's memory budget: it stores ``patterns_per_exp``
+    examples per (sub-)experience.
+    """
+    from avalanche_meta.benchmarks import mnist_permutations
+
+    info = mnist_permutations(
+        scenario=scenario, seed=seed, data_root=data_root, **options
+    )
+    info.name = "online-permuted-mnist"
+    info.online = False
+    info.online_batch = 10
+    return info
+
+
 # --------------------------------------------------------------------------------
 # Reproduction
 # --------------------------------------------------------------------------------
@@ -180,7 +214,7 @@ def _streams(quick: bool) -> List[Dict[str, Any]]:
     if quick:
         return [
             dict(
-                benchmark="mnist-permutations",
+                benchmark="online-permuted-mnist",
                 scenario="domain",
                 n_tasks=5,
                 options={"n_tasks": 5, "samples_per_task": 500},
@@ -203,7 +237,7 @@ def _streams(quick: bool) -> List[Dict[str, Any]]:
         ]
     return [
         dict(
-            benchmark="mnist-permutations",
+            benchmark="online-permuted-mnist",
             scenario="domain",
             n_tasks=20,
             options={"n_tasks": 20, "samples_per_task": 1000},
@@ -230,7 +264,7 @@ def _streams(quick: bool) -> List[Dict[str, Any]]:
 #: stream; on split MNIST (60,000 examples, no subsampling option) only NCCL and the
 #: fast baselines.
 QUICK_METHODS = {
-    "mnist-permutations": [m[0] for m in METHODS],
+    "online-permuted-mnist": [m[0] for m in METHODS],
     "split-mnist": [
         "NCCL (first order)",
         "NCCL (second order)",
