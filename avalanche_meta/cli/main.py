@@ -238,7 +238,8 @@ def format_summary(res: Mapping[str, Any]) -> str:
         ("fwt", "FWT"),
     ):
         v = res.get(key)
-        lines.append(f"  {title:<24} {'n/a' if v is None else f'{v:.2f}'}")
+        text = "n/a" if v is None else f"{v + 0.0:.2f}".replace("-0.00", "0.00")
+        lines.append(f"  {title:<24} {text}")
     lines.append(
         f"  train {res['train_seconds']:.1f} s, eval {res['eval_seconds']:.1f} s, "
         f"peak memory {res['peak_memory_mb']:.0f} MiB"

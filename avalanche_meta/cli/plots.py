@@ -89,7 +89,12 @@ def plot_task_curves(
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
     if cols <= 20:
-        ax.legend(fontsize=7, ncol=2 if cols > 10 else 1, loc="best")
+        ax.legend(
+            fontsize=7,
+            ncol=2 if cols > 10 else 1,
+            loc="center left",
+            bbox_to_anchor=(1.01, 0.5),
+        )
     ax.set_title(title or "accuracy of each task over time", fontsize=9)
     return _save(fig, path)
 

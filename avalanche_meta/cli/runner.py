@@ -547,7 +547,9 @@ def mean_std(values: Sequence[Optional[float]]) -> tuple:
 
 
 def _fmt(m: Optional[float], s: Optional[float]) -> str:
-    return "n/a" if m is None else f"{m:.2f} ± {s:.2f}"
+    if m is None:
+        return "n/a"
+    return f"{m:.2f} ± {s:.2f}".replace("-0.00 ", "0.00 ")
 
 
 def comparison_table(summary: Mapping[str, Mapping[str, Any]], markdown: bool) -> str:
