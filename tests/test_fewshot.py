@@ -371,6 +371,9 @@ def test_fewshot_metric_through_evaluation_plugin_and_matrix():
     ci = res["FewShotAcc95CI_Exp/eval_phase/test_stream/Exp000"]
     assert res["FewShotAcc_Stream/eval_phase/test_stream"] == acc
     assert metric.matrix == [[acc]] and metric.ci_matrix == [[ci]]
+    restored = FewShotAccuracy()
+    restored.load_state_dict(metric.state_dict())
+    assert restored.matrix == metric.matrix
     assert acc > 0.6  # chance is 1/3
 
 

@@ -548,6 +548,28 @@ class FewShotAccuracy(PluginMetric[float]):
     def before_training_exp(self, strategy) -> None:
         self._trained = strategy.experience.current_experience
 
+    def state_dict(self) -> dict:
+        """The recorded per-task accuracies (matrix rows and initial row)."""
+        return {
+            "rows": {
+                i: {j: list(r.accuracies) for j, r in row.items()}
+                for i, row in self._rows.items()
+            },
+            "initial": {j: list(r.accuracies) for j, r in self.initial.items()},
+            "trained": self._trained,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self._rows = {
+            int(i): {int(j): FewShotResult(list(a)) for j, a in row.items()}
+            for i, row in state["rows"].items()
+        }
+        self.initial = {
+            int(j): FewShotResult(list(a)) for j, a in state["initial"].items()
+        }
+        self._trained = state["trained"]
+
     def result(self) -> Optional[float]:
         """Mean few-shot accuracy over the experiences of the last evaluation."""
         if not self.results:

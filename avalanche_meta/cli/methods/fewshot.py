@@ -492,7 +492,7 @@ def _reproduce(
     from avalanche_meta.benchmarks.omniglot import omniglot_fewshot
     from avalanche_meta.cli.results_doc import provenance, write_section
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    torch.set_num_threads(1)
     seeds = ctx.seeds or 1
     info = omniglot_fewshot(data_root=ctx.data_root)
     rows: List[Dict[str, Any]] = []
