@@ -449,6 +449,12 @@ def reproduce_bir_split_mnist(ctx: ReproContext) -> None:
         "`avalanche_meta/plugins/si.py`), so its figure is fine-tuning's; BI-R + SI "
         "uses avalanche_meta's CPU-safe SI plugin.\n"
     )
+    if wanted or scenarios != ["task", "class"]:
+        body += (
+            f"- only part of the table was run: scenarios {scenarios}"
+            + (f", methods {list(wanted)}" if wanted else "")
+            + ".\n"
+        )
     if ctx.quick:
         body += (
             "- `--quick`: 200 iterations per task (a tenth of the protocol) and one "
