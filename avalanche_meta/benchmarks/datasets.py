@@ -97,10 +97,14 @@ def _find(folder: Path, name: str) -> Optional[Path]:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (uint8 payload) into a writable numpy array."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    """Read one IDX file (uint8 payload) into a writable numpy array, copying once."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as f:
+            raw = bytearray(f.read())
+    else:
+        raw = bytearray(path.stat().st_size)
+        with open(path, "rb") as f:
+            f.readinto(raw)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(
             f"{path} is not an IDX file of unsigned bytes (bad magic number); "
@@ -116,8 +120,8 @@ def _read_idx(path: Path) -> np.ndarray:
             f"({expected} bytes) but it holds {len(raw) - offset}; delete it and "
             "obtain MNIST again."
         )
-    # bytearray -> a writable buffer, so torch.from_numpy does not warn.
-    return np.frombuffer(bytearray(raw[offset:]), dtype=np.uint8).reshape(dims)
+    # A view of the bytearray: writable, so torch.from_numpy does not warn.
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
 def _missing_mnist_message(root: Path) -> str:

@@ -120,7 +120,13 @@ def rotate_images(
         if interpolation == "nearest"
         else InterpolationMode.BILINEAR
     )
-    return TF.rotate(images.unsqueeze(1), float(angle), interpolation=mode).squeeze(1)
+    out = torch.empty_like(images)
+    # In chunks: torchvision works in float with a sampling grid per image, which
+    # for the whole test set at once would be a transient ~100 MB.
+    for i in range(0, len(images), 2048):
+        chunk = images[i : i + 2048].unsqueeze(1)
+        out[i : i + 2048] = TF.rotate(chunk, float(angle), interpolation=mode)[:, 0]
+    return out
 
 
 def mer_angles(
