@@ -20,6 +20,11 @@ from avalanche_meta.benchmarks.mer_protocol import (
     mnist_permutations,
     mnist_rotations,
 )
+from avalanche_meta.benchmarks.omniglot import (
+    load_omniglot,
+    omniglot_continual,
+    omniglot_fewshot,
+)
 from avalanche_meta.benchmarks.online import online_stream
 from avalanche_meta.benchmarks.split_digits import split_digits
 
@@ -37,9 +42,7 @@ __all__ = [
     "split_mnist",
     "permuted_mnist",
     "split_digits",
+    "load_omniglot",
+    "omniglot_continual",
+    "omniglot_fewshot",
 ]
-from avalanche_meta.benchmarks.omniglot import (  # noqa: E402,F401
-    load_omniglot,
-    omniglot_continual,
-    omniglot_fewshot,
-)
