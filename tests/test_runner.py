@@ -179,10 +179,10 @@ def test_seed_makes_runs_reproducible(tmp_path):
     assert a["accuracy_matrix"] == b["accuracy_matrix"]
 
 
-def test_joint_stores_a_single_honest_row(tmp_path):
-    res = run(
-        "joint", tmp_path, hparams={"epochs": 5, "hidden": "32", "batch_size": 16}
-    )
+@pytest.mark.parametrize("scenario", ["class", "task"])
+def test_joint_stores_a_single_honest_row(tmp_path, scenario):
+    hp = {"epochs": 5, "hidden": "32", "batch_size": 16}
+    res = run("joint", tmp_path, scenario=scenario, hparams=hp)
     R = res["accuracy_matrix"]
     assert len(R) == 1 and len(R[0]) == N_EXP
     assert res["average_accuracy"] == pytest.approx(sum(R[0]) / N_EXP)

@@ -131,7 +131,20 @@ def fit_joint(ctx: RunContext, strategy, info) -> None:
 def build_joint(ctx: RunContext, **hp):
     from avalanche.training.supervised import JointTraining
 
+    hp_opt = (hp["optimizer"], hp["lr"])
     model, opt, kw = _common(ctx, hp)
+    if ctx.scenario == "task":
+        # Avalanche 0.6's JointTraining adapts a dynamic model only to the
+        # experiences it trains on, so an eval before training (or of a task the
+        # model has no head for) meets a multi-head model with no output units.
+        # Adapting it to every experience here, before the optimizer is made,
+        # creates every head up front.
+        from avalanche.models.dynamic_modules import avalanche_model_adaptation
+
+        model.train()
+        for exp in ctx.info.benchmark.train_stream:
+            avalanche_model_adaptation(model, exp)
+        opt = make_optimizer(model, hp_opt[0], hp_opt[1])
     return JointTraining(model=model, optimizer=opt, **kw)
 
 
