@@ -28,16 +28,19 @@ so it is written for speed without changing the arithmetic:
   rank-one step while the gradient for the layer below is read from the pre-update
   weights (one pass over each weight matrix). It runs as a small C kernel, compiled
   once per machine with the system C compiler into ``~/.cache/avalanche_meta`` and
-  called through ``ctypes`` (``AVALANCHE_META_NO_NATIVE=1`` turns it off); without a
-  compiler, or on GPU, the same loop runs as TorchScript (a ``RuntimeWarning`` says
-  so). The arithmetic is Algorithm 1's; only the order of floating-point
+  called through ``ctypes`` (``AVALANCHE_META_NO_NATIVE=1`` turns it off); on a GPU,
+  or without a C compiler (a ``RuntimeWarning`` says so), the same loop runs as
+  TorchScript. The arithmetic is Algorithm 1's; only the order of floating-point
   summations differs from autograd's, so results agree to rounding (about 1e-7
   relative; ``tests/test_mer.py`` checks both kernels against the autograd path and
   against a deepcopy-style reference of Algorithm 1).
 
-Where this departs from the paper's code (``meralg1.py``): the batch holds ``k - 1``
-memories plus the current example (the paper's text; the code drew ``k`` memories),
-and the reservoir draw is exact (the code's ``randint(0, age)`` was off by one).
+Where this departs from the paper's code (``meralg1.py``): a batch holds the current
+example (first) plus ``k - 1`` memories drawn uniformly with replacement, as the
+algorithm box reads; the original code drew ``k`` memories, i.e. batches of ``k + 1``
+samples (1,010 steps per example at k=100, s=10): pass ``replay_batch_size=k + 1``
+to match it. The reservoir draw is exact (the code's ``randint(0, age)`` gave the
+new example a chance of ``mem_size / (age + 1)`` instead of ``mem_size / age``).
 """
 
 from __future__ import annotations
@@ -340,7 +343,11 @@ def _native_library():
                     capture_output=True,
                     timeout=120,
                 )
-                shutil.move(str(tmp_lib), str(lib_path))
+                # copy next to the target, then rename: atomic for concurrent
+                # processes (e.g. pytest-xdist workers) building the same kernel
+                staged = cache / f".{lib_path.name}.{os.getpid()}"
+                shutil.copyfile(tmp_lib, staged)
+                os.replace(staged, lib_path)
         lib = ctypes.CDLL(str(lib_path))
         fn = lib.mer_mlp_sgd_steps
         fn.restype = None
