@@ -338,6 +338,11 @@ class ReplayVAE(Generator, nn.Module):
     # -- decoder ------------------------------------------------------------------------
     def decode(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """Flat reconstruction of ``z``; ``context`` (class or task ids) selects the gates."""
+        out = self._decode_raw(z, context)
+        return torch.sigmoid(out) if self.recon_type == "bce" else out
+
+    def _decode_raw(self, z: Tensor, context: Optional[Tensor]) -> Tensor:
+        """The decoder's output before the sigmoid of ``"bce"``."""
         if self.gates is not None and context is None:
             raise ValueError(
                 "the decoder is gated: give the context (class ids for "
@@ -348,8 +353,7 @@ class ReplayVAE(Generator, nn.Module):
             h = F.relu(layer(h))
             if self.gates is not None:
                 h = self.gates(h, i, context)
-        out = self.to_x(h)
-        return torch.sigmoid(out) if self.recon_type == "bce" else out
+        return self.to_x(h)
 
     @staticmethod
     def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -380,8 +384,16 @@ class ReplayVAE(Generator, nn.Module):
         logits = self.classifier(hidden) if self.classifier is not None else None
         z = self.reparameterize(mu, logvar)
         gate_ctx = y if self.gate_by == "class" else context
-        x_recon = self.decode(z, gate_ctx)
-        recon = self.reconstruction_loss(x, x_recon)
+        raw = self._decode_raw(z, gate_ctx)
+        if self.recon_type == "bce":
+            # from the logits: same value as BCE on the sigmoid, stable when saturated
+            x_recon = torch.sigmoid(raw)
+            recon = F.binary_cross_entropy_with_logits(
+                raw, x.flatten(1), reduction="none"
+            ).sum(1)
+        else:
+            x_recon = raw
+            recon = self.reconstruction_loss(x, x_recon)
         kl = self.prior.kl(mu, logvar, z, y if self.conditional else None)
         generation = (recon + kl) / self.input_size
         return VAEOutput(hidden, logits, mu, logvar, z, x_recon, recon, kl, generation)
