@@ -626,14 +626,16 @@ def reproduce_fewshot_omniglot(ctx: ReproContext) -> None:
 def reproduce_fewshot_omniglot_5w1s(ctx: ReproContext) -> None:
     """5-way 1-shot only, with larger budgets than ``fewshot-omniglot``."""
     budget = dict(
-        epochs=30,
-        maml_iterations=1500,
+        epochs=10,
+        maml_iterations=600,
         maml_batch=8,
-        reptile_iterations=6000,
+        reptile_iterations=1000,
         eval_tasks=600,
     )
     if ctx.quick:
-        budget.update(maml_iterations=300, reptile_iterations=1500, epochs=10)
+        budget.update(
+            maml_iterations=150, reptile_iterations=300, epochs=5, eval_tasks=200
+        )
     notes = _DATA_NOTE + (
         f"- budget: transfer {budget['epochs']} epochs; MAML/FO-MAML "
         f"{budget['maml_iterations']} meta-iterations of {budget['maml_batch']} tasks "
