@@ -213,3 +213,18 @@ def test_python_dash_m_list():
     )
     assert proc.returncode == 0, proc.stderr
     assert "naive" in proc.stdout and "split-digits" in proc.stdout
+
+
+def test_baselines_reproduction_writes_its_section(tmp_path, monkeypatch, capsys):
+    from avalanche_meta.cli.methods import avalanche_builtin
+
+    monkeypatch.setattr(avalanche_builtin, "BASELINES", ("naive", "joint"))
+    results = tmp_path / "RESULTS.md"
+    monkeypatch.setenv("AVALANCHE_META_RESULTS", str(results))
+    argv = ["reproduce", "baselines-split-digits", "--quick", "--seeds", "1"]
+    assert main(argv + ["--out", str(tmp_path)]) == 0
+    text = results.read_text()
+    assert "<!-- BEGIN reproduce baselines-split-digits --quick -->" in text
+    assert "avalanche-meta reproduce baselines-split-digits --quick" in text
+    assert "| naive |" in text and "| 19.90 |" in text and "| joint |" in text
+    assert "Not run here: Task-IL" in text

@@ -570,6 +570,10 @@ def comparison_table(summary: Mapping[str, Mapping[str, Any]], markdown: bool) -
     )
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
 def compare_experiments(
     strategies: Sequence[str],
     benchmark: str,
@@ -584,7 +588,7 @@ def compare_experiments(
     initial_eval: bool = True,
     plots: bool = True,
     progress: bool = False,
-    log=print,
+    log=_say,
     command: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Run every strategy with seeds ``0..seeds-1`` and summarise them side by side.
