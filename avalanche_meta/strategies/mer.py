@@ -622,6 +622,14 @@ class MER(PerExampleReplayTemplate):
             return "autograd"
         return "native" if self._native is not None else "torchscript"
 
+    def __getstate__(self):
+        # Avalanche's checkpoints pickle the whole strategy: drop the flat-buffer
+        # bookkeeping and the native kernel's pointers; _bind() rebuilds them.
+        state = self.__dict__.copy()
+        for name in ("_flat", "_layers", "_native", "_theta_A0", "_theta_W0"):
+            state[name] = None
+        return state
+
     # -- Algorithm 1 / 6 / 7 ---------------------------------------------------------
     def learn_example(self, x: Tensor, y: Tensor, t: Tensor) -> None:
         flat = self._bind()
