@@ -436,6 +436,15 @@ def test_mnist_permutations_structure(mnist_root, mnist):
         n_tasks=4, samples_per_task=30, seed=7, scenario="task", data_root=mnist_root
     )
     assert torch.equal(again.extras["permutations"], perms)
+    # Task-IL with an Avalanche multi-head model: one 10-unit head per task.
+    torch.manual_seed(0)
+    mh = MultiHeadMLP(input_size=784, hidden_sizes=(8,))
+    s = quiet_naive(mh, mb=10)
+    for exp in bm.train_stream[:2]:
+        s.train(online_stream([exp], batch_size=10, seed=0))
+    heads = mh.classifier.classifiers
+    assert set(heads.keys()) == {"0", "1"}
+    assert heads["1"].classifier.out_features == 10
 
 
 def test_many_permutations_defaults_and_memory(mnist_root, mnist):

@@ -101,8 +101,8 @@ def rotate_images(
 ) -> Tensor:
     """Rotate a batch of uint8 images ``(N, H, W)`` counter-clockwise by ``angle`` degrees.
 
-    Uses torchvision's tensor ``rotate`` on the whole batch (zero fill, rotation
-    about the image centre). With ``"nearest"`` the result equals
+    Uses torchvision's tensor ``rotate``, vectorised over chunks of 2048 images
+    (zero fill, rotation about the image centre). With ``"nearest"`` the result equals
     ``PIL.Image.rotate`` pixel for pixel, the operation the original data scripts
     applied image by image.
 
@@ -175,6 +175,7 @@ def mnist_rotations(
             ...
     """
     _check_common(n_tasks, samples_per_task, scenario)
+    check_choice("interpolation", interpolation, ("nearest", "bilinear"))
     rng = np.random.default_rng(seed)
     if angles is None:
         angles = mer_angles(n_tasks, rng)
