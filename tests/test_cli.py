@@ -168,6 +168,7 @@ BAD = [
     ),
     (["compare", "naive", "--benchmark", "split-digits", "--set", "bad"], "--set"),
     (["compare", "naive", "--benchmark", "split-digits", "--seeds", "0"], "seeds"),
+    (["run", "naive", "--benchmark", "split-digits", "--threads", "-1"], "--threads"),
     (["reproduce", "nope"], "unknown reproduction 'nope'"),
     (["bench", "nope"], "unknown bench 'nope'"),
     (["frobnicate"], "invalid choice"),
