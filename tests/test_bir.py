@@ -452,3 +452,35 @@ def test_samples_plot_writes_one_png_per_experience(tmp_path):
     assert [p.name for p in plot.paths] == ["samples_exp000.png", "samples_exp001.png"]
     assert all(p.stat().st_size > 1000 for p in plot.paths)
     assert (tmp_path / "samples_exp001.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- command line ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name,scenario,hp",
+    [
+        ("bir", "class", {}),
+        ("rtf", "task", {}),
+        ("dgr", "domain", {}),
+        ("dgr-distill", "class", {}),
+        ("bir-si", "task", {}),
+        ("bir", "class", {"internal": "digits", "pretrain_iterations": 5}),
+        ("xdg", "task", {"epochs": 1}),
+    ],
+)
+def test_registered_bir_strategies_run_end_to_end(tmp_path, name, scenario, hp):
+    from avalanche_meta.cli.runner import run_experiment
+
+    small = {"iterations": 3, "z_dim": 4, "batch_size": 16} if name != "xdg" else {}
+    res = run_experiment(
+        name,
+        "split-digits",
+        scenario=scenario,
+        seed=0,
+        out_dir=tmp_path,
+        hparams={"hidden": "16", **small, **hp},
+        progress=False,
+        plots=False,
+    )
+    assert len(res["accuracy_matrix"]) == 5 and res["average_accuracy"] is not None
+    if name != "xdg":
+        assert len(list((tmp_path / "samples").glob("*.png"))) == 5
