@@ -629,7 +629,7 @@ def reproduce_fewshot_omniglot_5w1s(ctx: ReproContext) -> None:
         epochs=10,
         maml_iterations=600,
         maml_batch=8,
-        reptile_iterations=1000,
+        reptile_iterations=600,
         eval_tasks=600,
     )
     if ctx.quick:
