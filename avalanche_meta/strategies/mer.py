@@ -133,8 +133,9 @@ def mlp_sgd_steps(
     ``scale * CE(z, y)`` whose gradient ``scale * (softmax(z) - onehot(y))`` is
     back-propagated with the pre-update weights (ReLU derivative from the layer's
     output, as autograd), then ``W -= lr * g h^T`` and ``b -= lr * g`` per layer.
-    The losses themselves are not computed: a non-finite loss means non-finite
-    logits, hence non-finite parameters, which the caller checks after the batch.
+    The losses themselves are not computed (it saves time in TorchScript): a
+    non-finite loss means non-finite logits, hence non-finite parameters, which the
+    caller checks after the batch.
     """
     n_layers = len(weights)
     for j in range(X.shape[0]):
@@ -195,8 +196,10 @@ _C_SOURCE = r"""
 
 /* One plain SGD step per row of X on a ReLU MLP, in order, in place.
    W[l]: dims[l+1] x dims[l] row-major, b[l]: dims[l+1]. work: scratch of
-   sum(dims) + 2 * max(dims) floats. inactive: m x dims[L] bytes or NULL. */
-void mer_mlp_sgd_steps(int n_layers, const int64_t *dims, float **W, float **b,
+   sum(dims) + 2 * max(dims) floats. inactive: m x dims[L] bytes or NULL.
+   Returns -1, or the index of the first sample whose loss is not finite (nothing
+   of that sample or after it is applied). */
+int64_t mer_mlp_sgd_steps(int n_layers, const int64_t *dims, float **W, float **b,
                        const float *X, int64_t m, const int64_t *y,
                        const uint8_t *inactive, const float *scales, float lr,
                        float mask_value, float *work) {
@@ -242,6 +245,8 @@ void mer_mlp_sgd_steps(int n_layers, const int64_t *dims, float **W, float **b,
       sum += g[c];
     }
     const float scale = scales[j];
+    const float loss = scale * (logf(sum) + zmax - z[y[j]]);
+    if (!isfinite(loss)) return j;
     for (int64_t c = 0; c < C; ++c) g[c] = g[c] / sum;
     g[y[j]] -= 1.0f;
     if (scale != 1.0f)
@@ -273,6 +278,7 @@ void mer_mlp_sgd_steps(int n_layers, const int64_t *dims, float **W, float **b,
       }
     }
   }
+  return -1;
 }
 """
 
@@ -350,7 +356,7 @@ def _native_library():
                 os.replace(staged, lib_path)
         lib = ctypes.CDLL(str(lib_path))
         fn = lib.mer_mlp_sgd_steps
-        fn.restype = None
+        fn.restype = ctypes.c_int64
         fn.argtypes = [
             ctypes.c_int,
             ctypes.c_void_p,
@@ -415,12 +421,13 @@ class NativeMLPSteps:
         scales: Tensor,
         lr: float,
         mask_value: float,
-    ) -> None:
+    ) -> int:
+        """Run the steps; return -1 or the index of the first non-finite loss."""
         X = X.contiguous()
         y = y.contiguous()
         if inactive is not None:
             inactive = inactive.contiguous()
-        self.fn(
+        return self.fn(
             self.n_layers,
             self.dims.data_ptr(),
             self.W,
@@ -580,6 +587,7 @@ class MER(PerExampleReplayTemplate):
         self.fast_path = fast_path
         self._flat: Optional[FlatParameters] = None
         self._layers: Optional[List[Tuple[Tensor, Tensor]]] = None
+        self._scales_t = torch.ones(0)
 
     # -- flat parameters -----------------------------------------------------------
     def _bind(self) -> FlatParameters:
@@ -645,6 +653,7 @@ class MER(PerExampleReplayTemplate):
         scales = [1.0] * m
         if self.variant == "alg7":
             scales[0] = float(s)
+        self._scales_t = torch.tensor(scales, dtype=torch.float32)
 
         theta_A0 = self._theta_A0
         theta_A0.copy_(flat.flat)
@@ -670,10 +679,11 @@ class MER(PerExampleReplayTemplate):
         """One plain SGD step (lr ``alpha``) per sample of the batch, in order.
 
         A non-finite loss raises :class:`~avalanche_meta.utils.validation.NonFiniteLossError`
-        and leaves the parameters as they were before the current example: the
-        general path checks every loss before its backward pass; the fast path
-        checks the parameters after the batch (a non-finite loss has non-finite
-        logits, hence a non-finite gradient) and restores ``theta_A0``.
+        and leaves the parameters as they were before the current example
+        (``theta_A0``): the autograd path and the native kernel check every loss
+        before its update; the TorchScript loop checks the parameters after the
+        batch (a non-finite loss has non-finite logits, hence a non-finite
+        gradient).
         """
         flat = self._flat
         if self._layers is not None:
@@ -685,14 +695,17 @@ class MER(PerExampleReplayTemplate):
                     f"{tuple(x.shape[1:])}."
                 )
             if self._native is not None:
-                self._native(
+                if len(scales) != self._scales_t.numel():
+                    self._scales_t = torch.tensor(scales, dtype=torch.float32)
+                j = self._native(
                     X.to(torch.float32),
                     y.to(torch.int64),
                     inactive,
-                    torch.tensor(scales, dtype=torch.float32),
+                    self._scales_t,
                     self.lr,
                     MASK_VALUE,
                 )
+                finite = j < 0
             else:
                 compiled_mlp_sgd_steps()(
                     [w for w, _ in self._layers],
@@ -704,7 +717,8 @@ class MER(PerExampleReplayTemplate):
                     self.lr,
                     MASK_VALUE,
                 )
-            if not bool(torch.isfinite(flat.flat).all()):
+                finite = bool(torch.isfinite(flat.flat).all())
+            if not finite:
                 flat.flat.copy_(self._theta_A0)
                 check_finite_loss(
                     torch.tensor(float("nan")),
