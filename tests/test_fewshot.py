@@ -412,3 +412,33 @@ def test_smoke_each_strategy_learns_tiny_problem(name):
         s.load_state_dict(state)
     res = s.eval(bm.test_stream)
     assert res["FewShotAcc_Exp/eval_phase/test_stream/Exp000"] > 0.6
+
+
+def test_maml_plugin_loss_terms_reach_the_meta_gradient():
+    from avalanche.core import SupervisedPlugin
+
+    class L2(SupervisedPlugin):
+        def before_backward(self, strategy, **kwargs):
+            strategy.loss += 0.5 * sum(
+                (p**2).sum() for p in strategy.model.parameters()
+            )
+
+    model = tiny_mlp()
+    tasks = fixed_tasks()
+    ref = maml_reference_grad(model, tasks, 0.5, 1, False)
+    theta0 = [p.detach().clone() for p in model.parameters()]
+    strategy = MAML(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        ways=3,
+        query_shots=2,
+        inner_lr=0.5,
+        meta_batch_size=2,
+        meta_iterations=1,
+        plugins=[L2()],
+        evaluator=quiet_evaluator(),
+    )
+    x, y = labelled_blobs()
+    run_one_meta_update(strategy, tasks, x.double(), y)
+    for p, g, p0 in zip(model.parameters(), ref, theta0):
+        assert torch.allclose(p.grad, g + p0, atol=1e-10)

@@ -169,28 +169,38 @@ class MAML(EpisodicTemplate):
         return fast
 
     def meta_update(self, tasks: List[FewShotTask], **kwargs) -> None:
-        """``theta <- Adam step on 1/B sum_i L_query(theta'_i)``."""
+        """``theta <- Adam step on 1/B sum_i L_query(theta'_i)``.
+
+        Each task's query loss is back-propagated as soon as it is computed (its
+        graph is freed, as in learn2learn's examples), which gives the same
+        gradient as one backward of the mean. ``self.loss`` then holds the
+        (detached) meta-loss; a plugin adding a term to it in ``before_backward``
+        (EWC, SI, ...) gets that term's gradient added too.
+        """
         self.optimizer.zero_grad()
         self._before_forward(**kwargs)
         logits = []
-        meta_loss = 0.0
-        for task in tasks:
+        meta_loss = torch.zeros((), device=self.device)
+        for i, task in enumerate(tasks):
             fast = self.adapt(task)
             query_logits = task_logits(fast.module, task.query_x)
             self.check_head(query_logits)
-            meta_loss = meta_loss + self._criterion(query_logits, task.query_y)
-            logits.append(query_logits)
+            query_loss = self._criterion(query_logits, task.query_y) / len(tasks)
+            check_finite_loss(query_loss, f"{type(self).__name__} query loss, task {i}")
+            query_loss.backward()
+            meta_loss += query_loss.detach()
+            logits.append(query_logits.detach())
         self.set_query_batch(tasks, logits)
         self._after_forward(**kwargs)
-        self.loss = self.loss + meta_loss / len(tasks)
-        check_finite_loss(self.loss, f"{type(self).__name__} meta-loss")
+        self.loss = self.loss + meta_loss
         self._before_backward(**kwargs)
-        self.loss.backward()
+        if self.loss.requires_grad:  # terms added by plugins
+            check_finite_loss(self.loss, f"{type(self).__name__} meta-loss")
+            self.loss.backward()
         self._after_backward(**kwargs)
         self._before_update(**kwargs)
         self.optimizer.step()
         self._after_update(**kwargs)
-        self.mb_output = self.mb_output.detach()
 
 
 class FOMAML(MAML):
