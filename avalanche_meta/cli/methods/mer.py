@@ -241,7 +241,8 @@ def reproduce_mer_mnist(ctx: ReproContext) -> None:
     memory only (200; Many Permutations 500), one seed. ``ctx.extra`` may restrict
     the table to ``methods`` (of mer, er, avalanche-mer, naive), ``protocols`` (of
     rotations, permutations, many) and ``memories``; the results document then
-    gets a separate "partial" section that lists what was left out.
+    gets a separate "partial" section (named with ``extra["section_suffix"]``, if
+    given) that lists what was left out.
     """
     from avalanche_meta.cli.results_doc import provenance, write_section
 
@@ -357,6 +358,8 @@ def reproduce_mer_mnist(ctx: ReproContext) -> None:
         )
     body += "\n" + "\n".join(table) + "\n"
     key = "reproduce mer-mnist" + (" --quick" if ctx.quick else "")
+    if partial and ctx.extra.get("section_suffix"):
+        key += " " + str(ctx.extra["section_suffix"])
     write_section(
         key + (" partial" if partial else ""),
         "MER on MNIST Rotations / Permutations / Many Permutations"
