@@ -158,10 +158,9 @@ class EpisodicTemplate(SupervisedTemplate):
 
     def training_epoch(self, **kwargs):
         """``meta_iterations`` meta-updates, each firing Avalanche's iteration,
-        forward and update callbacks, and for MAML the backward ones too (plugins
-        that add to ``strategy.loss`` in ``before_backward`` add to MAML's
-        meta-loss; Reptile has no backward of a meta-loss, so such plugins are
-        inert under it)."""
+        forward, backward and update callbacks (plugins that add to
+        ``strategy.loss`` in ``before_backward`` add to MAML's meta-loss, and to
+        every inner-step loss of Reptile, which has no meta-loss)."""
         while self.meta_iteration < self.meta_iterations:
             if self._stop_training:
                 break

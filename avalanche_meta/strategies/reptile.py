@@ -176,7 +176,7 @@ class Reptile(EpisodicTemplate):
             yield order[pos : pos + size]
             pos += size
 
-    def train_on_task(self, task: FewShotTask) -> None:
+    def train_on_task(self, task: FewShotTask, **kwargs) -> None:
         """``inner_steps`` inner-optimizer steps on the task (the model then holds
         ``phi~``)."""
         x, y = task.support_x, task.support_y
@@ -185,9 +185,12 @@ class Reptile(EpisodicTemplate):
             self.optimizer.zero_grad()
             logits = task_logits(self.model, x[idx])
             self.check_head(logits)
-            loss = self._criterion(logits, y[idx])
-            check_finite_loss(loss, f"Reptile inner step {step}")
-            loss.backward()
+            self.loss = self._criterion(logits, y[idx])
+            # plugins adding to ``strategy.loss`` (EWC, SI, ...) act on inner steps
+            self._before_backward(**kwargs)
+            check_finite_loss(self.loss, f"Reptile inner step {step}")
+            self.loss.backward()
+            self._after_backward(**kwargs)
             self.optimizer.step()
 
     def meta_update(self, tasks: List[FewShotTask], **kwargs) -> None:
@@ -198,7 +201,7 @@ class Reptile(EpisodicTemplate):
         self._before_forward(**kwargs)
         for task in tasks:
             flat.copy_(phi)
-            self.train_on_task(task)
+            self.train_on_task(task, **kwargs)
             phi_tilde_sum += flat
         self._after_forward(**kwargs)
         self._before_update(**kwargs)
@@ -209,4 +212,4 @@ class Reptile(EpisodicTemplate):
         with torch.no_grad():
             self.mb_output = task_logits(self.model, last.support_x)
         self.mbatch = [last.support_x, last.support_y, torch.zeros_like(last.support_y)]
-        self.loss = self.loss + self._criterion(self.mb_output, last.support_y)
+        self.loss = self._criterion(self.mb_output, last.support_y)
