@@ -459,7 +459,13 @@ def _write_repro(ctx: ReproContext, rows, skipped, seeds, reused) -> None:
     lines += [
         "",
         "Targets (the paper's claim, same run and memory): NCCL's average "
-        "accuracy above ER's and A-GEM's, its forgetting lower.",
+        "accuracy above ER's and A-GEM's, its forgetting lower."
+        + (
+            " One seed: differences of about a point are within seed-to-seed noise "
+            "and decide nothing."
+            if seeds == 1
+            else ""
+        ),
         "",
     ]
     for stream in dict.fromkeys(r["stream"] for r in rows):
