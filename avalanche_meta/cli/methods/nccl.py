@@ -338,7 +338,6 @@ def reproduce_nccl(ctx: ReproContext) -> None:
     memory 100, 1 seed.
     """
     from avalanche_meta.cli import registry
-    from avalanche_meta.cli.results_doc import provenance, write_section
 
     registry.load_all()
     seeds = ctx.seeds or (1 if ctx.quick else 3)
@@ -555,7 +554,6 @@ def _forward_ratio(
 
 def _tiny_stream(n_tasks: int, per_task: int, seed: int):
     """Permuted-MNIST-shaped random stream (784 inputs, 10 classes), in memory."""
-    from avalanche.benchmarks import nc_benchmark
     from avalanche.benchmarks.utils import _make_taskaware_tensor_classification_dataset
 
     g = torch.Generator().manual_seed(seed)
