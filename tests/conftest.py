@@ -26,7 +26,11 @@ torch.set_num_threads(int(os.environ.get("AVALANCHE_META_TEST_THREADS", "1")))
 @pytest.fixture
 def data_root() -> Path:
     """The offline data folder; fails loudly (never skips) when it is missing."""
-    root = Path(os.environ["AVALANCHE_META_DATA"]) if "AVALANCHE_META_DATA" in os.environ else SHARED_DATA
+    root = (
+        Path(os.environ["AVALANCHE_META_DATA"])
+        if "AVALANCHE_META_DATA" in os.environ
+        else SHARED_DATA
+    )
     assert root.is_dir(), (
         f"test data not found at {root}: set AVALANCHE_META_DATA to the folder holding "
         "MNIST/raw and omniglot/"

@@ -178,11 +178,5 @@ def load_all() -> None:
     if _loaded:
         return
     for mod in METHOD_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as err:
-            # A method module that is not written yet is skipped; any other
-            # missing import is a real error.
-            if err.name != mod:
-                raise
+        importlib.import_module(mod)
     _loaded = True

@@ -20,6 +20,12 @@ from avalanche_meta.evaluation.metrics import (
     learning_accuracy,
 )
 
+from avalanche_meta.evaluation.fewshot import (
+    FewShotAccuracy,
+    few_shot_accuracy,
+    fewshot_metrics,
+)
+
 __all__ = [
     "AccuracyMatrix",
     "AverageAccuracy",
@@ -35,9 +41,7 @@ __all__ = [
     "bti",
     "forgetting",
     "fwt",
+    "FewShotAccuracy",
+    "few_shot_accuracy",
+    "fewshot_metrics",
 ]
-from avalanche_meta.evaluation.fewshot import (  # noqa: E402,F401
-    FewShotAccuracy,
-    few_shot_accuracy,
-    fewshot_metrics,
-)

@@ -1,3 +1,13 @@
-"""Avalanche plugins of avalanche-meta (append one export line per plugin)."""
-from avalanche_meta.plugins.xdg import XdG; from avalanche_meta.plugins.samples import GeneratedSamplesPlot
+"""Avalanche plugins of avalanche-meta."""
+
 from avalanche_meta.plugins.calibration import CalibrationPlugin
+from avalanche_meta.plugins.samples import GeneratedSamplesPlot
+from avalanche_meta.plugins.si import SynapticIntelligencePlugin
+from avalanche_meta.plugins.xdg import XdG
+
+__all__ = [
+    "CalibrationPlugin",
+    "GeneratedSamplesPlot",
+    "SynapticIntelligencePlugin",
+    "XdG",
+]

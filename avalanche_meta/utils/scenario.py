@@ -97,7 +97,9 @@ class ActiveUnits(nn.Module):
         """Boolean ``(batch_size, num_classes)`` mask of the active units."""
         device = self.seen.device
         if self.scenario == "domain":
-            return torch.ones(batch_size, self.num_classes, dtype=torch.bool, device=device)
+            return torch.ones(
+                batch_size, self.num_classes, dtype=torch.bool, device=device
+            )
         if self.scenario == "class":
             row = self.seen if bool(self.seen.any()) else torch.ones_like(self.seen)
             return row.unsqueeze(0).expand(batch_size, -1)

@@ -226,16 +226,26 @@ def build_ewc(ctx: RunContext, **hp):
 
 @register_strategy(
     "si",
-    help="synaptic intelligence (Avalanche SynapticIntelligence)",
+    help="synaptic intelligence (Avalanche's SI plugin, with its CPU weight snapshots fixed)",
     params=_params(si_lambda=(float, 1.0, "weight of the surrogate-loss penalty")),
 )
 def build_si(ctx: RunContext, **hp):
-    from avalanche.training.supervised import SynapticIntelligence
+    """Naive + SI, which is what Avalanche's ``SynapticIntelligence`` strategy is.
+
+    Avalanche 0.6's own plugin is inert on the CPU (its "old" weights are views of
+    the live ones); :mod:`avalanche_meta.plugins.si` is the same plugin with real
+    copies, so this baseline does what SI does on every device.
+    """
+    from avalanche.training.supervised import Naive
+
+    from avalanche_meta.plugins.si import SynapticIntelligencePlugin
 
     si_lambda = hp.pop("si_lambda")
     check_positive("si_lambda", si_lambda)
     model, opt, kw = _common(ctx, hp)
-    return SynapticIntelligence(model=model, optimizer=opt, si_lambda=si_lambda, **kw)
+    plugins = list(kw.pop("plugins", None) or [])
+    plugins.append(SynapticIntelligencePlugin(si_lambda=si_lambda))
+    return Naive(model=model, optimizer=opt, plugins=plugins, **kw)
 
 
 @register_strategy(
