@@ -17,7 +17,8 @@ setup:
 	@bash scripts/bootstrap.sh
 
 demo: setup
-	$(VENV)/bin/avalanche-meta compare naive replay ewc si lwf agem \
+	$(VENV)/bin/avalanche-meta compare naive replay ewc si lwf agem er mer \
+		--set er.mem_size=200 --set mer.mem_size=200 \
 		--benchmark split-digits --scenario class --seeds 3 --out runs/main-job
 
 test: setup
