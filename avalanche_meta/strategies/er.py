@@ -9,7 +9,7 @@ template both strategies share, :class:`PerExampleReplayTemplate`.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,13 @@ def _plain_sgd_lr(optimizer: Optimizer, lr: Optional[float], name: str) -> float
             f"{name}: `lr`={lr} differs from the optimizer's lr={opt_lr}; give one."
         )
     return opt_lr
+
+
+def _default_sgd(model: nn.Module, lr: Optional[float]) -> Tuple[SGD, float]:
+    """The plain SGD both strategies build when no optimizer is given (paper: lr .03)."""
+    lr = 0.03 if lr is None else lr
+    check_positive("lr", lr)
+    return SGD(model.parameters(), lr=lr), float(lr)
 
 
 class PerExampleReplayTemplate(SupervisedTemplate):
@@ -360,9 +367,7 @@ class ER(PerExampleReplayTemplate):
         **kwargs,
     ):
         if optimizer is None:
-            lr = 0.03 if lr is None else lr
-            check_positive("lr", lr)
-            optimizer = SGD(model.parameters(), lr=lr)
+            optimizer, lr = _default_sgd(model, lr)
         elif lr is not None:
             raise ValueError(
                 "ER: give either `optimizer` or `lr` (the lr of the default SGD)."

@@ -54,10 +54,14 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.plugins.evaluation import default_evaluator
 from torch import Tensor, nn
-from torch.optim import SGD, Optimizer
+from torch.optim import Optimizer
 
 from avalanche_meta.models.mlp import MLP
-from avalanche_meta.strategies.er import PerExampleReplayTemplate, _plain_sgd_lr
+from avalanche_meta.strategies.er import (
+    PerExampleReplayTemplate,
+    _default_sgd,
+    _plain_sgd_lr,
+)
 from avalanche_meta.utils.flat import FlatParameters
 from avalanche_meta.utils.scenario import MASK_VALUE
 from avalanche_meta.utils.validation import (
@@ -554,9 +558,7 @@ class MER(PerExampleReplayTemplate):
         check_in_interval("gamma", gamma, 0, 1, low_open=True)
         check_positive("batches_per_example", batches_per_example, integer=True)
         if optimizer is None:
-            lr = 0.03 if lr is None else lr
-            check_positive("lr", lr)
-            optimizer = SGD(model.parameters(), lr=lr)
+            optimizer, lr = _default_sgd(model, lr)
         else:
             lr = _plain_sgd_lr(optimizer, lr, "MER")
             check_positive("lr", lr)
