@@ -114,6 +114,12 @@ def test_layers_compute_the_papers_formula(combine):
     lam = lin.lam if combine == "multiply" else 1 + lin.lam
     ref = (xl @ (lin.psi[:, None] * lin.weight).T + lin.bias + lin.psi_bias) * lam
     assert torch.allclose(lin(xl), ref, atol=1e-6)
+    # The layer scales W x by psi instead of forming psi * W: same gradients.
+    params = [lin.weight, lin.bias, lin.psi, lin.psi_bias, lin.lam]
+    got = torch.autograd.grad(lin(xl).square().sum(), params)
+    want = torch.autograd.grad(ref.square().sum(), params)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-5)
     with torch.no_grad():  # folded path agrees
         assert torch.allclose(lin(xl), ref, atol=1e-6)
         assert torch.allclose(conv(x), ref_conv, atol=1e-5)

@@ -126,6 +126,23 @@ def _key_values(items: Sequence[str], flag: str) -> Dict[str, Any]:
     return out
 
 
+#: ``reproduce --only`` keys whose value is always a list (comma-separated).
+LIST_KEYS = ("methods", "scenarios", "protocols", "memories")
+
+
+def _subset_options(items: Sequence[str]) -> Dict[str, Any]:
+    """``--only KEY=A,B`` options: lists for :data:`LIST_KEYS`, else one literal."""
+    out: Dict[str, Any] = {}
+    for key, value in _key_values(items, "--only").items():
+        if key in LIST_KEYS or (isinstance(value, str) and "," in value):
+            text = value if isinstance(value, str) else str(value)
+            value = [parse_literal(v) for v in text.split(",") if v.strip()]
+            if not value:
+                raise UsageError(f"--only {key}= needs at least one value.")
+        out[key] = value
+    return out
+
+
 # --------------------------------------------------------------------------------
 # run
 # --------------------------------------------------------------------------------
@@ -373,6 +390,7 @@ def cmd_reproduce(args: argparse.Namespace, argv: List[str]) -> int:
         device=args.device,
         out_dir=Path(args.out),
         command=shlex.join([PROG, *argv]),
+        extra=_subset_options(args.only),
     )
     spec.run(ctx)
     print(f"reproduction {spec.name} finished; run folders in {args.out}")
@@ -510,6 +528,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("name", help="a registered reproduction (see `list`)")
     r.add_argument("--quick", action="store_true", help="the minutes-long version")
     r.add_argument("--seeds", type=int, default=None, help="number of seeds")
+    r.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=A,B",
+        help="run part of the table (repeatable): methods=LABEL,..., scenarios=..., "
+        "protocols=..., n_tasks=N; the reproduction's docstring lists its keys",
+    )
     _add_data_options(r)
     r.add_argument("--out", default="runs", help="where run folders go")
     _add_threads(r)

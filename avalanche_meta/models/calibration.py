@@ -148,9 +148,6 @@ class _Calibrated(nn.Module):
         self.__dict__["_folded_cache"] = (key, w, b)
         return w, b
 
-    def _use_folded(self) -> bool:
-        return not torch.is_grad_enabled()
-
     def extra_repr(self) -> str:
         return (
             super().extra_repr()
@@ -209,11 +206,28 @@ class CalibratedLinear(_Calibrated, nn.Linear):
         return self.psi.unsqueeze(1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._use_folded():
+        if not torch.is_grad_enabled():  # inference: one kernel, folded weights
             return F.linear(x, *self.folded())
-        h = F.linear(x, self.calibrated_weight(), self.calibrated_bias())
-        scale = self.feature_scale()
-        return h if scale is None else h * scale
+        # psi scales whole rows of W, so (psi * W) x = psi * (W x): one matmul with
+        # the base weight and a per-unit scale of its output, instead of forming
+        # psi * W (O x I products, and as many again in the backward pass). The
+        # parameters are read from ``_parameters`` directly (learn2learn's
+        # ``update_module`` writes its fast weights there): this layer runs at batch
+        # sizes of 10, where each Python attribute lookup is a visible cost.
+        p = self._parameters
+        psi, bias, lam = p["psi"], p["bias"], p["lam"]
+        if psi is None:
+            h = F.linear(x, p["weight"], bias)
+        else:
+            h = F.linear(x, p["weight"])
+            if bias is None:
+                h = h * psi
+            else:
+                extra = p["psi_bias"]
+                h = torch.addcmul(bias if extra is None else bias + extra, h, psi)
+        if lam is None:
+            return h
+        return h * lam if self.combine == "multiply" else torch.addcmul(h, h, lam)
 
 
 class CalibratedConv2d(_Calibrated, nn.Conv2d):
@@ -296,7 +310,7 @@ class CalibratedConv2d(_Calibrated, nn.Conv2d):
         return self.psi
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._use_folded():
+        if not torch.is_grad_enabled():  # inference: one kernel, folded weights
             return self._conv_forward(x, *self.folded())
         h = self._conv_forward(x, self.calibrated_weight(), self.calibrated_bias())
         scale = self.feature_scale()

@@ -704,8 +704,10 @@ def _write_bench(ctx: BenchContext, out: Dict[str, Any]) -> None:
         "Forward pass, calibrated model (WCM + FCM) vs the plain one (eval mode, best "
         "of 5 alternating timings; target ratio <= 1.3). Under ``no_grad`` a "
         "calibrated layer runs one plain kernel on its folded weight; with autograd "
-        "(training) it computes ``psi * W``, ``b + psi_bias`` and ``lam * h`` as "
-        "separate operations:",
+        "(training) a linear layer computes ``W x`` and scales its output "
+        "(``psi * Wx + b + psi_bias``, then ``lam *``: three small operations more "
+        "than the plain layer), a convolution forms ``psi * W`` (its ``psi`` is per "
+        "input and output channel):",
         "",
         "| model | mode | plain (ms) | calibrated (ms) | ratio |",
         "|---|---|---|---|---|",
