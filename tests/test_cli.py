@@ -142,6 +142,11 @@ def test_reproduce_and_bench_get_their_context(tmp_path, capsys):
     ctx = CALLS["repro"]
     assert ctx.quick and ctx.seeds == 2 and ctx.out_dir == Path(tmp_path)
     assert ctx.command == "avalanche-meta " + " ".join(argv)
+    assert ctx.extra == {}
+    only = ["--only", "methods=BI-R,DGR + distill", "--only", "iterations=500"]
+    assert main(["reproduce", "test-repro-cli", "--out", str(tmp_path), *only]) == 0
+    extra = CALLS["repro"].extra
+    assert extra == {"methods": ["BI-R", "DGR + distill"], "iterations": 500}
     assert main(["bench", "test-bench-cli", "--quick"]) == 0
     assert CALLS["bench"].quick
     text = capsys.readouterr().out
@@ -170,6 +175,8 @@ BAD = [
     (["compare", "naive", "--benchmark", "split-digits", "--seeds", "0"], "seeds"),
     (["run", "naive", "--benchmark", "split-digits", "--threads", "-1"], "--threads"),
     (["reproduce", "nope"], "unknown reproduction 'nope'"),
+    (["reproduce", "test-repro-cli", "--only", "methods"], "KEY=VALUE"),
+    (["reproduce", "test-repro-cli", "--only", "methods=,"], "at least one"),
     (["bench", "nope"], "unknown bench 'nope'"),
     (["frobnicate"], "invalid choice"),
 ]

@@ -497,14 +497,20 @@ def reproduce_bir_permuted_mnist(ctx: ReproContext) -> None:
 
     Full: 10 permutations (``ctx.extra["n_tasks"] = 100`` for 100), 2,000 iterations
     per task, 3 seeds. ``--quick``: 3 permutations, MLP / VAE 2x400, 100 iterations
-    per task (built-in baselines: 1 epoch), 1 seed.
+    per task (built-in baselines: 1 epoch), 1 seed. ``ctx.extra`` (``reproduce
+    --only``) may also set ``methods`` (labels), ``iterations`` (per task) and
+    ``hidden``; a run that changes the protocol writes a separate "partial" section.
     """
     from avalanche_meta.cli.results_doc import provenance, write_section
 
     seeds = ctx.seeds or (1 if ctx.quick else 3)
     n_tasks = int(ctx.extra.get("n_tasks", 3 if ctx.quick else 10))
-    iterations = 100 if ctx.quick else 2000
-    hidden = "400,400" if ctx.quick else "2000,2000"
+    iterations = int(ctx.extra.get("iterations", 100 if ctx.quick else 2000))
+    hidden = str(ctx.extra.get("hidden", "400,400" if ctx.quick else "2000,2000"))
+    if isinstance(ctx.extra.get("hidden"), list):
+        hidden = ",".join(str(h) for h in ctx.extra["hidden"])
+    check_positive("iterations", iterations, integer=True)
+    partial = any(k in ctx.extra for k in ("iterations", "hidden", "methods"))
     ep = _epochs(iterations, 256, PERMUTED_EXP_SIZE)
     base = dict(lr=1e-4, batch_size=256, epochs=ep, hidden=hidden)
     gen = dict(lr=1e-4, batch_size=256, iterations=iterations, hidden=hidden)
@@ -551,7 +557,7 @@ def reproduce_bir_permuted_mnist(ctx: ReproContext) -> None:
         f"Adam 1e-4, MLP / VAE 2x{hidden.split(',')[0]}, latent 100, BI-R gates per "
         "task (keep 0.8); "
         f"Avalanche's baselines {ep} epoch(s) per task at batch 256; EWC lambda 1, SI "
-        "c 10 (SI: Avalanche's plugin, inert on the CPU, see the split-MNIST "
+        "c 10 (SI: avalanche_meta's CPU-safe SI plugin, see the split-MNIST "
         "section).\n- Average accuracy over tasks (percent). The machine was shared "
         "with other jobs (2 cores).\n"
     )
@@ -565,9 +571,18 @@ def reproduce_bir_permuted_mnist(ctx: ReproContext) -> None:
             "about 20,000 iterations of a 2x2000 VAE, hours on this CPU) and the "
             "100-permutation variant.\n"
         )
+    if partial:
+        body += (
+            f"- partial run (`--only`): methods {[m[0] for m in methods]}, "
+            f"{iterations} iterations per task, hidden {hidden}"
+            + ("" if iterations == 2000 else " (the protocol: 2,000 iterations)")
+            + ".\n"
+        )
     body += "\n" + table + "\n"
     write_section(
-        "reproduce bir-permuted-mnist" + (" --quick" if ctx.quick else ""),
+        "reproduce bir-permuted-mnist"
+        + (" --quick" if ctx.quick else "")
+        + (" partial" if partial else ""),
         "BI-R on permuted MNIST (Domain-IL)" + (" (quick)" if ctx.quick else ""),
         body,
     )
