@@ -446,3 +446,14 @@ def test_command_line_run_on_split_digits(tmp_path):
         initial_eval=False,
     )
     assert res["average_accuracy"] > 75.0  # Task-IL chance is 50%
+
+
+def test_reproduce_nccl_only_rejects_unknown_method_labels(tmp_path):
+    from avalanche_meta.cli.context import ReproContext
+    from avalanche_meta.cli.methods.nccl import reproduce_nccl
+
+    ctx = ReproContext(
+        quick=True, out_dir=tmp_path, write_results=False, extra={"methods": ["nope"]}
+    )
+    with pytest.raises(ValueError, match="unknown label 'nope'"):
+        reproduce_nccl(ctx)

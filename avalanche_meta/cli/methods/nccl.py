@@ -335,7 +335,10 @@ def reproduce_nccl(ctx: ReproContext) -> None:
 
     Full: 20 x 1000 permuted MNIST and split MNIST, memory 500, 3 seeds. ``--quick``:
     5 x 500 permuted MNIST (every method) and split MNIST (NCCL, ER, A-GEM, Naive),
-    memory 100, 1 seed.
+    memory 100, 1 seed. ``ctx.extra`` (``reproduce --only``) may restrict the
+    ``scenarios`` (``domain``: permuted MNIST; ``task``, ``class``: split MNIST) and
+    the ``methods`` (labels); such a run writes a separate "partial" section, and a
+    later whole run with ``AVALANCHE_META_REUSE_RUNS=1`` reuses its run folders.
     """
     from avalanche_meta.cli import registry
 
@@ -348,9 +351,21 @@ def reproduce_nccl(ctx: ReproContext) -> None:
     reuse = bool(ctx.extra.get("reuse_runs")) or os.environ.get(
         "AVALANCHE_META_REUSE_RUNS", ""
     ) not in ("", "0")
+    scenarios = ctx.extra.get("scenarios")
+    wanted = ctx.extra.get("methods")
+    known = [m[0] for m in METHODS]
+    for label in wanted or ():
+        if label not in known:
+            raise ValueError(
+                f"--only methods: unknown label {label!r}; labels: {', '.join(known)}."
+            )
     for stream in _streams(ctx.quick):
+        if scenarios and stream["scenario"] not in scenarios:
+            continue
         settings = _baseline_settings(stream["mem_size"], stream["n_tasks"], lr)
         for label, name, extra in METHODS:
+            if wanted and label not in wanted:
+                continue
             if ctx.quick and label not in QUICK_METHODS[stream["benchmark"]]:
                 skipped.append(
                     f"{label} on {stream['benchmark']} ({stream['scenario']}-IL): "
@@ -423,10 +438,13 @@ def reproduce_nccl(ctx: ReproContext) -> None:
                         "time": _mean_std([r["train_seconds"] for r in results]),
                     }
                 )
-    _write_repro(ctx, rows, skipped, seeds, reused)
+    partial = bool(scenarios or wanted)
+    _write_repro(ctx, rows, skipped, seeds, reused, partial)
 
 
-def _write_repro(ctx: ReproContext, rows, skipped, seeds, reused) -> None:
+def _write_repro(
+    ctx: ReproContext, rows, skipped, seeds, reused, partial: bool = False
+) -> None:
     from avalanche_meta.cli.results_doc import provenance, write_section
 
     lines = [
@@ -522,6 +540,8 @@ def _write_repro(ctx: ReproContext, rows, skipped, seeds, reused) -> None:
         title = "NCCL: online permuted and split MNIST" + (
             " (quick)" if ctx.quick else ""
         )
+        if partial:
+            key, title = key + " partial", title + ", part of the table"
         write_section(key, title, body)
 
 
