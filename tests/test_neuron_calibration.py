@@ -457,3 +457,27 @@ def test_reproduce_nccl_only_rejects_unknown_method_labels(tmp_path):
     )
     with pytest.raises(ValueError, match="unknown label 'nope'"):
         reproduce_nccl(ctx)
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+@pytest.mark.parametrize("resample", [False, True])
+def test_memory_batches_per_incoming_batch(resample, second_order):
+    """``resample_memory``: one B_M per inner step, else one per incoming batch (B_P,
+    the outer loop's batch of past tasks, is drawn once per batch either way)."""
+    torch.manual_seed(0)
+    strategy = _strategy(
+        inner_steps=3, resample_memory=resample, second_order=second_order
+    )
+    calls = []
+    sample = strategy.memory.sample
+
+    def counting(n, exclude_task=None):
+        calls.append(exclude_task)
+        return sample(n, exclude_task=exclude_task)
+
+    strategy.memory.sample = counting
+    _train(strategy, _benchmark(task_labels=False))
+    whole = sum(c is None for c in calls)
+    batches = sum(c is not None for c in calls)  # one B_P draw per incoming batch
+    # the first batch finds the memory empty: no B_M, and nothing to resample
+    assert whole == (3 if resample else 1) * (batches - 1)

@@ -124,6 +124,8 @@ class NeuronCalibration(SupervisedTemplate):
     :param mem_size: episodic memory slots, shared equally by the tasks seen so far.
     :param mem_batch_size: memory samples per replay batch.
     :param inner_steps: SGD steps on the base parameters per incoming batch.
+    :param resample_memory: draw a new memory batch ``B_M`` for every inner step
+        (``False``: one ``B_M`` per incoming batch, reused by its inner steps).
     :param gamma: weight of the memory terms of ``L_b``.
     :param reg: weight of the distillation KL inside the memory term of ``L_b``.
     :param temperature: distillation temperature ``T``.
@@ -148,6 +150,7 @@ class NeuronCalibration(SupervisedTemplate):
         mem_size: int = 500,
         mem_batch_size: int = 10,
         inner_steps: int = 1,
+        resample_memory: bool = False,
         gamma: float = 1.0,
         reg: float = 1.0,
         temperature: float = 2.0,
@@ -222,6 +225,7 @@ class NeuronCalibration(SupervisedTemplate):
         self.scenario = scenario
         self.mem_size, self.mem_batch_size = mem_size, mem_batch_size
         self.inner_steps = inner_steps
+        self.resample_memory = bool(resample_memory)
         self.gamma, self.reg, self.T = gamma, reg, temperature
         self.beta, self.consolidation = beta, consolidation
         self.second_order, self.grad_clip = bool(second_order), grad_clip
@@ -360,9 +364,7 @@ class NeuronCalibration(SupervisedTemplate):
         k = self.task_index
         self._check_task_labels(t)
         self.active_units.observe(y, t)
-        self._replay = (
-            self.memory.sample(self.mem_batch_size) if len(self.memory) else None
-        )
+        self._sample_replay()
         past = self.memory.sample(self.mem_batch_size, exclude_task=k)
         outer = past is not None and (self.beta > 0 or self.consolidation > 0)
 
@@ -388,9 +390,17 @@ class NeuronCalibration(SupervisedTemplate):
             self._copy_base(net)
         self._store(x, y, t, k)
 
+    def _sample_replay(self) -> None:
+        """``B_M``: a batch of the whole memory (None while it is empty)."""
+        self._replay = (
+            self.memory.sample(self.mem_batch_size) if len(self.memory) else None
+        )
+
     def _inner_loop_first_order(self, **kwargs) -> None:
         """``inner_steps`` optimizer steps on ``L_b`` (callbacks fire as in Avalanche)."""
-        for _ in range(self.inner_steps):
+        for step in range(self.inner_steps):
+            if step and self.resample_memory:
+                self._sample_replay()
             self.optimizer.zero_grad()
             self.loss = self._make_empty_loss()
             self._before_forward(**kwargs)
@@ -416,7 +426,9 @@ class NeuronCalibration(SupervisedTemplate):
         names = [n for n, _ in learner.named_parameters()]
         base = [i for i, n in enumerate(names) if not is_calibration_parameter(n)]
         lr = self.optimizer.param_groups[0]["lr"]
-        for _ in range(self.inner_steps):
+        for step in range(self.inner_steps):
+            if step and self.resample_memory:
+                self._sample_replay()
             params = [p for _, p in learner.named_parameters()]
             self.mb_output = self._logits(learner, self.mb_x, self.mb_task_id)
             loss = self._criterion(self.mb_output, self.mb_y)
