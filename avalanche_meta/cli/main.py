@@ -131,12 +131,17 @@ LIST_KEYS = ("methods", "scenarios", "protocols", "memories")
 
 
 def _subset_options(items: Sequence[str]) -> Dict[str, Any]:
-    """``--only KEY=A,B`` options: lists for :data:`LIST_KEYS`, else one literal."""
+    """``--only KEY=A,B`` options: lists for :data:`LIST_KEYS`, else one literal.
+
+    Items are separated by ``;`` when the value has one (for labels that contain
+    commas, e.g. ``methods=NCCL, WCM only;Naive``), else by ``,``.
+    """
     out: Dict[str, Any] = {}
     for key, value in _key_values(items, "--only").items():
         if key in LIST_KEYS or (isinstance(value, str) and "," in value):
             text = value if isinstance(value, str) else str(value)
-            value = [parse_literal(v) for v in text.split(",") if v.strip()]
+            sep = ";" if ";" in text else ","
+            value = [parse_literal(v) for v in text.split(sep) if v.strip()]
             if not value:
                 raise UsageError(f"--only {key}= needs at least one value.")
         out[key] = value
@@ -534,7 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=A,B",
         help="run part of the table (repeatable): methods=LABEL,..., scenarios=..., "
-        "protocols=..., n_tasks=N; the reproduction's docstring lists its keys",
+        "protocols=..., n_tasks=N (separate with ';' labels that contain commas); "
+        "the reproduction's docstring lists its keys",
     )
     _add_data_options(r)
     r.add_argument("--out", default="runs", help="where run folders go")

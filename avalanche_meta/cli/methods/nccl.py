@@ -373,7 +373,8 @@ def reproduce_nccl(ctx: ReproContext) -> None:
     for label in wanted or ():
         if label not in known:
             raise ValueError(
-                f"--only methods: unknown label {label!r}; labels: {', '.join(known)}."
+                f"--only methods: unknown label {label!r}; labels (separate them "
+                f"with ';'): {'; '.join(known)}."
             )
     for stream in _streams(ctx.quick):
         if scenarios and stream["scenario"] not in scenarios:
