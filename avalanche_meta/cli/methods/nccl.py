@@ -570,11 +570,15 @@ def _write_repro(
 # --------------------------------------------------------------------------------
 # Bench
 # --------------------------------------------------------------------------------
+#: Alternating timing rounds of the forward bench (the best of each is kept).
+ROUNDS = 11
+
+
 def _forward_ratio(
     make: Callable[[], nn.Module], x: torch.Tensor, repeats: int, grad: bool = False
 ):
-    """Best-of-5 time of the plain and the calibrated model, measured alternately
-    (the machine is shared: alternating keeps both under the same load)."""
+    """Best-of-``ROUNDS`` times of the plain and the calibrated model, measured
+    alternately (the machine is shared: alternating keeps both under the same load)."""
     from avalanche_meta.models.calibration import calibrate
 
     torch.manual_seed(0)
@@ -585,7 +589,7 @@ def _forward_ratio(
     with torch.set_grad_enabled(grad):
         for model in (plain, calibrated):  # warm-up
             model(x)
-        for _ in range(5):
+        for _ in range(ROUNDS):
             for i, model in enumerate((plain, calibrated)):
                 t0 = time.perf_counter()
                 for _ in range(repeats):
@@ -745,7 +749,7 @@ def _write_bench(ctx: BenchContext, out: Dict[str, Any]) -> None:
         f"{out['nccl_second_order_over_er']:.2f} |",
         "",
         "Forward pass, calibrated model (WCM + FCM) vs the plain one (eval mode, best "
-        "of 5 alternating timings; target ratio <= 1.3). Under ``no_grad`` a "
+        f"of {ROUNDS} alternating timings; target ratio <= 1.3). Under ``no_grad`` a "
         "calibrated layer runs one plain kernel on its folded weight; with autograd "
         "(training) a linear layer computes ``W x`` and scales its output "
         "(``psi * Wx + b + psi_bias``, then ``lam *``: three small operations more "
