@@ -10,7 +10,7 @@ Run (MNIST in ``$AVALANCHE_META_DATA/MNIST/raw``)::
 
 The same experiment from the command line::
 
-    avalanche-meta run nccl mnist-permutations --scenario domain
+    avalanche-meta run nccl --benchmark online-permuted-mnist --scenario domain
 """
 
 from __future__ import annotations
