@@ -481,3 +481,50 @@ def test_memory_batches_per_incoming_batch(resample, second_order):
     batches = sum(c is not None for c in calls)  # one B_P draw per incoming batch
     # the first batch finds the memory empty: no B_M, and nothing to resample
     assert whole == (3 if resample else 1) * (batches - 1)
+
+
+def test_reproduce_nccl_reuse_only_collects_finished_runs(tmp_path, capsys):
+    """``reuse_only``: finished runs enter the table, the others are listed as not
+    run, and nothing is trained."""
+    import json
+
+    from avalanche_meta.cli import registry
+    from avalanche_meta.cli.context import ReproContext
+    from avalanche_meta.cli.methods.nccl import _baseline_settings, reproduce_nccl
+
+    registry.load_all()
+    spec = registry.STRATEGIES["naive"]
+    hp = {k: v for k, v in _baseline_settings(100, 5, 0.1).items() if k in spec.params}
+    run = tmp_path / "nccl" / "naive-online-permuted-mnist-domain-s0-quick"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(
+        json.dumps(
+            {
+                "strategy": "naive",
+                "benchmark": "online-permuted-mnist",
+                "scenario": "domain",
+                "seed": 0,
+                "config": {
+                    "benchmark_options": {"n_tasks": 5, "samples_per_task": 500},
+                    "hparams": hp,
+                },
+                "average_accuracy": 12.34,
+                "forgetting": 5.67,
+                "train_seconds": 1.0,
+            }
+        )
+    )
+    ctx = ReproContext(
+        quick=True,
+        out_dir=tmp_path,
+        write_results=False,
+        extra={"scenarios": ["domain"], "methods": ["Naive", "ER (same memory)"]},
+    )
+    ctx.extra["reuse_only"] = True
+    reproduce_nccl(ctx)
+    out = capsys.readouterr().out
+    assert "| Naive | 12.34 ± 0.00 | 5.67 ± 0.00 |" in out
+    assert (
+        "ER (same memory) on online-permuted-mnist (domain-IL) seed 0: not run" in out
+    )
+    assert not (tmp_path / "nccl" / "er-online-permuted-mnist-domain-s0-quick").exists()

@@ -354,7 +354,9 @@ def reproduce_nccl(ctx: ReproContext) -> None:
     memory 100, 1 seed. ``ctx.extra`` (``reproduce --only``) may restrict the
     ``scenarios`` (``domain``: permuted MNIST; ``task``, ``class``: split MNIST) and
     the ``methods`` (labels); such a run writes a separate "partial" section, and a
-    later whole run with ``AVALANCHE_META_REUSE_RUNS=1`` reuses its run folders.
+    later whole run with ``AVALANCHE_META_REUSE_RUNS=1`` reuses its run folders
+    (``reuse_only=true``: reuse the finished runs, run nothing, list the rest as not
+    run).
     """
     from avalanche_meta.cli import registry
 
@@ -364,9 +366,12 @@ def reproduce_nccl(ctx: ReproContext) -> None:
     rows: List[Dict[str, Any]] = []
     skipped: List[str] = []
     reused: List[str] = []
-    reuse = bool(ctx.extra.get("reuse_runs")) or os.environ.get(
-        "AVALANCHE_META_REUSE_RUNS", ""
-    ) not in ("", "0")
+    reuse_only = bool(ctx.extra.get("reuse_only"))
+    reuse = (
+        reuse_only
+        or bool(ctx.extra.get("reuse_runs"))
+        or os.environ.get("AVALANCHE_META_REUSE_RUNS", "") not in ("", "0")
+    )
     scenarios = ctx.extra.get("scenarios")
     wanted = ctx.extra.get("methods")
     known = [m[0] for m in METHODS]
@@ -417,6 +422,13 @@ def reproduce_nccl(ctx: ReproContext) -> None:
                     res = _reusable(run_dir, name, stream, seed, hp) if reuse else None
                     if res is not None:
                         reused.append(str(run_dir))
+                    elif reuse_only:
+                        skipped.append(
+                            f"{label} on {stream['benchmark']} "
+                            f"({stream['scenario']}-IL) seed {seed}: not run (this "
+                            "table only collects finished runs, `reuse_only`)"
+                        )
+                        continue
                     else:
                         res = ctx.run(
                             name,
