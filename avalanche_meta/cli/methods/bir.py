@@ -408,7 +408,9 @@ def reproduce_bir_split_mnist(ctx: ReproContext) -> None:
 
     Full: 2,000 iterations per task (built-in baselines: the matching number of epochs
     at batch 128, about 21), 5 seeds. ``--quick``: 200 iterations (2 epochs), 1 seed.
-    ``ctx.extra`` may hold ``scenarios`` and ``methods`` (labels) to run a subset.
+    ``ctx.extra`` may hold ``scenarios`` and ``methods`` (labels) to run a subset,
+    and ``section``: a name that gives the run its own section of the results
+    document (else it replaces the section of the whole table).
     """
     from avalanche_meta.cli.results_doc import provenance, write_section
 
@@ -481,9 +483,12 @@ def reproduce_bir_split_mnist(ctx: ReproContext) -> None:
             "here: the full protocol with 5 seeds.\n"
         )
     body += "\n" + "\n".join(tables)
+    suffix = f" {ctx.extra['section']}" if ctx.extra.get("section") else ""
     write_section(
-        "reproduce bir-split-mnist" + (" --quick" if ctx.quick else ""),
-        "BI-R on split MNIST (Task-IL, Class-IL)" + (" (quick)" if ctx.quick else ""),
+        "reproduce bir-split-mnist" + (" --quick" if ctx.quick else "") + suffix,
+        "BI-R on split MNIST (Task-IL, Class-IL)"
+        + (" (quick)" if ctx.quick else "")
+        + (f", {ctx.extra['section']}" if suffix else ""),
         body,
     )
 
