@@ -147,6 +147,9 @@ def test_reproduce_and_bench_get_their_context(tmp_path, capsys):
     assert main(["reproduce", "test-repro-cli", "--out", str(tmp_path), *only]) == 0
     extra = CALLS["repro"].extra
     assert extra == {"methods": ["BI-R", "DGR + distill"], "iterations": 500}
+    only = ["--only", "methods=None,5", "--only", "memories=200,5120"]
+    assert main(["reproduce", "test-repro-cli", "--out", str(tmp_path), *only]) == 0
+    assert CALLS["repro"].extra == {"methods": ["None", "5"], "memories": [200, 5120]}
     only = ["--only", "methods=NCCL, WCM only;Naive"]
     assert main(["reproduce", "test-repro-cli", "--out", str(tmp_path), *only]) == 0
     assert CALLS["repro"].extra == {"methods": ["NCCL, WCM only", "Naive"]}

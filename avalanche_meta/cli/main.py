@@ -128,6 +128,8 @@ def _key_values(items: Sequence[str], flag: str) -> Dict[str, Any]:
 
 #: ``reproduce --only`` keys whose value is always a list (comma-separated).
 LIST_KEYS = ("methods", "scenarios", "protocols", "memories")
+#: ``reproduce --only`` keys whose items are labels, kept as text.
+TEXT_KEYS = ("methods", "scenarios", "protocols")
 
 
 def _subset_options(items: Sequence[str]) -> Dict[str, Any]:
@@ -141,7 +143,9 @@ def _subset_options(items: Sequence[str]) -> Dict[str, Any]:
         if key in LIST_KEYS or (isinstance(value, str) and "," in value):
             text = value if isinstance(value, str) else str(value)
             sep = ";" if ";" in text else ","
-            value = [parse_literal(v) for v in text.split(sep) if v.strip()]
+            # labels stay text (a method may be called "None"); other lists are parsed
+            parse = parse_literal if key not in TEXT_KEYS else str.strip
+            value = [parse(v) for v in text.split(sep) if v.strip()]
             if not value:
                 raise UsageError(f"--only {key}= needs at least one value.")
         out[key] = value
