@@ -183,6 +183,7 @@ BAD = [
     (["reproduce", "nope"], "unknown reproduction 'nope'"),
     (["reproduce", "test-repro-cli", "--only", "methods"], "KEY=VALUE"),
     (["reproduce", "test-repro-cli", "--only", "methods=,"], "at least one"),
+    (["reproduce", "test-repro-cli", "--only", "method=BI-R"], "unknown key 'method'"),
     (["bench", "nope"], "unknown bench 'nope'"),
     (["frobnicate"], "invalid choice"),
 ]

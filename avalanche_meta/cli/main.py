@@ -130,6 +130,16 @@ def _key_values(items: Sequence[str], flag: str) -> Dict[str, Any]:
 LIST_KEYS = ("methods", "scenarios", "protocols", "memories")
 #: ``reproduce --only`` keys whose items are labels, kept as text.
 TEXT_KEYS = ("methods", "scenarios", "protocols")
+#: Every key some reproduction reads (each one's docstring says which it reads).
+ONLY_KEYS = LIST_KEYS + (
+    "n_tasks",
+    "iterations",
+    "hidden",
+    "section",
+    "section_suffix",
+    "reuse_only",
+    "reuse_runs",
+)
 
 
 def _subset_options(items: Sequence[str]) -> Dict[str, Any]:
@@ -140,6 +150,10 @@ def _subset_options(items: Sequence[str]) -> Dict[str, Any]:
     """
     out: Dict[str, Any] = {}
     for key, value in _key_values(items, "--only").items():
+        if key not in ONLY_KEYS:
+            raise UsageError(
+                f"--only: unknown key {key!r}; known keys: {', '.join(ONLY_KEYS)}."
+            )
         if key in LIST_KEYS or (isinstance(value, str) and "," in value):
             text = value if isinstance(value, str) else str(value)
             sep = ";" if ";" in text else ","
