@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Tuple
 import torch
 
 from avalanche_meta.cli import registry
+from avalanche_meta.cli.methods.nccl import FIRST_DEFAULTS as OLD
 from avalanche_meta.cli.methods.nccl import _baseline_settings
 from avalanche_meta.cli.runner import run_experiment
 
@@ -41,7 +42,6 @@ Config = Tuple[str, Dict[str, Any]]
 SMALL = {"n_tasks": 5, "samples_per_task": 500}
 FULL = {"n_tasks": 20, "samples_per_task": 1000}
 CHOSEN = {"inner_steps": 5, "mem_batch_size": 50, "gamma": 2.0, "resample_memory": True}
-OLD = {"inner_steps": 1, "mem_batch_size": 10, "gamma": 1.0, "resample_memory": False}
 
 
 def rounds() -> Dict[str, Tuple[Dict[str, int], int, Tuple[int, ...], List[Config]]]:

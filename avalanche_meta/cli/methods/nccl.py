@@ -181,22 +181,21 @@ def build_online_permuted_mnist(*, scenario: str, seed: int, data_root=None, **o
 # --------------------------------------------------------------------------------
 # Reproduction
 # --------------------------------------------------------------------------------
+#: NCCL's inner-loop settings before the validation sweep that chose today's
+#: defaults (``examples/nccl_default_sweep.py``): the ablation row "1 inner step".
+FIRST_DEFAULTS: Dict[str, Any] = {
+    "inner_steps": 1,
+    "mem_batch_size": 10,
+    "gamma": 1.0,
+    "resample_memory": False,
+}
+
 #: (label, registered strategy, hparams) of the compared methods; ``{mem}``-valued
 #: entries are filled with the memory budget of the stream.
 METHODS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("NCCL (first order)", "nccl", {}),
     ("NCCL (second order)", "nccl", {"second_order": True}),
-    (
-        "NCCL (first order), 1 inner step",
-        "nccl",
-        # the defaults before the validation sweep: one step, 10 memories, gamma 1
-        {
-            "inner_steps": 1,
-            "mem_batch_size": 10,
-            "gamma": 1.0,
-            "resample_memory": False,
-        },
-    ),
+    ("NCCL (first order), 1 inner step", "nccl", FIRST_DEFAULTS),
     ("NCCL, WCM only", "nccl-wcm", {}),
     ("NCCL, FCM only", "nccl-fcm", {}),
     ("NCCL, no consolidation", "nccl-noreg", {}),
