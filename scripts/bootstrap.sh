@@ -45,7 +45,7 @@ if ! "$VENV/bin/python" -c "import learn2learn" >/dev/null 2>&1; then
     mkdir -p "$CACHE/l2l"
     "${PIP[@]}" install -q "cython>=3" gym tqdm requests scipy
     work="$(mktemp -d)"
-    "${PIP[@]}" download -q --no-deps --no-binary :all: "learn2learn==$L2L_VERSION" -d "$work"
+    "${PIP[@]}" download -q --no-deps --no-binary learn2learn --only-binary cython "learn2learn==$L2L_VERSION" -d "$work"
     tar -xzf "$work/learn2learn-$L2L_VERSION.tar.gz" -C "$work"
     src="$work/learn2learn-$L2L_VERSION"
     (cd "$src" && "$VENV/bin/cython" -3 learn2learn/data/meta_dataset.pyx \
