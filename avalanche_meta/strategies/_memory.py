@@ -24,6 +24,10 @@ class ReservoirMemory(nn.Module):
       ``min(1, mem_size / n_seen)`` (reservoir sampling): example number ``n`` (1-based)
       goes into a free slot while there is one, otherwise it replaces the slot ``j``
       drawn uniformly from ``0 .. n - 1`` if ``j < mem_size``, else it is dropped.
+      With ``original_draw=True``, ``j`` is drawn from ``0 .. n`` instead, as the
+      original MER code does (``random.randint(0, age)``, both ends included): the
+      new example is then kept with probability ``mem_size / (n + 1)``, slightly
+      less than reservoir sampling's ``mem_size / n``.
 
     All state is in ``state_dict``: the example tensors ``x``, ``y``, ``t`` are buffers
     (preallocated at the first :meth:`add`, when the input shape becomes known), and
@@ -44,6 +48,9 @@ class ReservoirMemory(nn.Module):
     :param mem_size: capacity (the paper's ``mem_size``).
     :param seed: seed of the memory's own random generator; ``None`` draws one from
         torch's global generator (so ``torch.manual_seed`` makes runs reproducible).
+    :param original_draw: draw the replaced slot as the original MER code
+        (``meralg1.py``, ``eralg4.py``) does, from ``0 .. n`` inclusive (see above);
+        ``False`` (default): exact reservoir sampling.
 
     Example::
 
@@ -53,10 +60,13 @@ class ReservoirMemory(nn.Module):
         xb, yb, tb = memory.sample(1, 10)   # one batch of 10 uniform draws
     """
 
-    def __init__(self, mem_size: int, *, seed: Optional[int] = None):
+    def __init__(
+        self, mem_size: int, *, seed: Optional[int] = None, original_draw: bool = False
+    ):
         super().__init__()
         check_positive("mem_size", mem_size, integer=True)
         self.mem_size = mem_size
+        self.original_draw = bool(original_draw)
         self.n_seen = 0
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
@@ -88,7 +98,8 @@ class ReservoirMemory(nn.Module):
         self.n_seen += 1
         if self.n_seen <= self.mem_size:
             return self.n_seen - 1
-        j = int(torch.randint(0, self.n_seen, (1,), generator=self.generator))
+        high = self.n_seen + 1 if self.original_draw else self.n_seen
+        j = int(torch.randint(0, high, (1,), generator=self.generator))
         return j if j < self.mem_size else -1
 
     @torch.no_grad()
@@ -196,12 +207,16 @@ class ReservoirMemory(nn.Module):
 
     def __setstate__(self, state):
         rng_state = state.pop("generator")
+        state.setdefault("original_draw", False)
         self.__dict__.update(state)
         self.generator = torch.Generator()
         self.generator.set_state(rng_state)
 
     def extra_repr(self) -> str:
-        return f"mem_size={self.mem_size}, n_seen={self.n_seen}"
+        return (
+            f"mem_size={self.mem_size}, n_seen={self.n_seen}, "
+            f"original_draw={self.original_draw}"
+        )
 
 
 __all__ = ["ReservoirMemory"]

@@ -1,9 +1,18 @@
 """Experience Replay (ER) with a per-example reservoir memory: MER's baseline.
 
-Riemer et al. (ICLR 2019) compare MER with "ER": each incoming example is learned
-together with a batch of random memories (one SGD step on the batch's mean loss), and
-the reservoir memory is updated after every example. This module also holds the
-template both strategies share, :class:`PerExampleReplayTemplate`.
+Riemer et al. (ICLR 2019) compare MER with "ER" (their Algorithm 4, ``eralg4.py`` in
+the original code): each incoming example is learned together with a batch of random
+memories (one SGD step on the batch's mean loss), and the reservoir memory is updated
+after every example. This module also holds the template both strategies share,
+:class:`PerExampleReplayTemplate`, and its two batch conventions
+(``convention=``):
+
+- ``"original"``: as the original code (``meralg1.py``, ``eralg4.py``, ...): a batch
+  is the current example plus ``min(k, |M|)`` memories (``k = replay_batch_size``),
+  i.e. ``k + 1`` samples; the reservoir replaces slot ``randint(0, age)`` (both ends
+  included). The published numbers come from this code; the CLI presets use it.
+- ``"paper"``: as the paper's algorithm boxes read: ``k`` samples in all (the current
+  example plus ``k - 1`` memories); exact reservoir sampling.
 """
 
 from __future__ import annotations
@@ -24,7 +33,14 @@ from torch.optim import SGD, Optimizer
 
 from avalanche_meta.strategies._memory import ReservoirMemory
 from avalanche_meta.utils.scenario import MASK_VALUE, ActiveUnits, check_scenario
-from avalanche_meta.utils.validation import check_finite_loss, check_positive
+from avalanche_meta.utils.validation import (
+    check_choice,
+    check_finite_loss,
+    check_positive,
+)
+
+#: Batch conventions (see the module docstring).
+CONVENTIONS = ("paper", "original")
 
 #: Callbacks that per-example replay does not fire (there is no single loss/backward).
 UNFIRED_CALLBACKS = (
@@ -67,6 +83,37 @@ def _plain_sgd_lr(optimizer: Optimizer, lr: Optional[float], name: str) -> float
     return opt_lr
 
 
+def check_criterion(criterion: Any, name: str) -> None:
+    """Accept only a plain mean cross-entropy (the paper's loss), else raise why not.
+
+    The per-example strategies compute the cross-entropy themselves (the MLP fast
+    path writes out its gradient), so only ``nn.CrossEntropyLoss()`` with its
+    defaults (``reduction='mean'``, ``label_smoothing=0``, no ``weight``,
+    ``ignore_index=-100``) is equivalent.
+    """
+    if type(criterion) is not nn.CrossEntropyLoss:
+        raise ValueError(
+            f"{name} trains with the cross-entropy of the paper and computes it "
+            f"itself; `criterion` must be nn.CrossEntropyLoss() (or left out), got "
+            f"{type(criterion).__name__}."
+        )
+    problems = []
+    if criterion.reduction != "mean":
+        problems.append(f"reduction={criterion.reduction!r} (needs 'mean')")
+    if float(criterion.label_smoothing) != 0.0:
+        problems.append(f"label_smoothing={criterion.label_smoothing} (needs 0)")
+    if criterion.weight is not None:
+        problems.append("class weights (needs weight=None)")
+    if criterion.ignore_index != -100:
+        problems.append(f"ignore_index={criterion.ignore_index} (needs the default)")
+    if problems:
+        raise ValueError(
+            f"{name} computes a plain mean cross-entropy itself; this "
+            f"nn.CrossEntropyLoss has {', '.join(problems)}: it would be ignored. "
+            "Pass nn.CrossEntropyLoss() or leave `criterion` out."
+        )
+
+
 def _default_sgd(model: nn.Module, lr: Optional[float]) -> Tuple[SGD, float]:
     """The plain SGD both strategies build when no optimizer is given (paper: lr .03)."""
     lr = 0.03 if lr is None else lr
@@ -80,6 +127,13 @@ class PerExampleReplayTemplate(SupervisedTemplate):
     For every example of a mini-batch, in order: record its class (and task) in
     :attr:`active_units`, :meth:`learn_example` (the method's update), then add it to
     the reservoir :attr:`memory`. Subclasses implement :meth:`learn_example`.
+
+    Active units: at the start of each training experience the classes it declares
+    are recorded per task label
+    (:meth:`~avalanche_meta.utils.scenario.ActiveUnits.observe_experience`: the
+    origin experience of an online sub-experience, else the experience), so in
+    Task-IL and Class-IL a task's classes are all active from its first example on
+    (as the task's class split defines them); labels observed later are added too.
 
     Scenarios (:class:`~avalanche_meta.utils.scenario.ActiveUnits`): every sample,
     memories included, carries its task label; its loss and prediction use the
@@ -100,13 +154,19 @@ class PerExampleReplayTemplate(SupervisedTemplate):
         ``MultiTaskModule``).
     :param optimizer: see the subclass.
     :param mem_size: memory capacity.
-    :param replay_batch_size: ``k``, the size of a replay batch: the current example
-        plus ``k - 1`` memories.
+    :param replay_batch_size: ``k``: with ``convention="original"`` the number of
+        memories in a batch (``k + 1`` samples with the current example); with
+        ``"paper"`` the batch size including the current example (``k - 1``
+        memories). Memories per batch must not exceed ``mem_size``.
     :param scenario: ``"task"``, ``"class"`` or ``"domain"``.
     :param num_classes: number of output units; ``None``: the width of the model's
         output (required for multi-head models).
     :param seed: seed of the memory's random generator (reservoir and replay draws);
         ``None``: drawn from torch's global generator.
+    :param convention: ``"paper"`` (default) or ``"original"`` (see the module
+        docstring): batch composition and reservoir draw.
+    :param criterion: only ``nn.CrossEntropyLoss()`` with default settings is
+        accepted (the loss is computed by the strategy).
     """
 
     def __init__(
@@ -119,6 +179,7 @@ class PerExampleReplayTemplate(SupervisedTemplate):
         scenario: str = "domain",
         num_classes: Optional[int] = None,
         seed: Optional[int] = None,
+        convention: str = "paper",
         train_mb_size: int = 1,
         train_epochs: int = 1,
         eval_mb_size: Optional[int] = 256,
@@ -132,12 +193,19 @@ class PerExampleReplayTemplate(SupervisedTemplate):
         **kwargs,
     ):
         if "criterion" in kwargs:
-            raise ValueError(
-                f"{type(self).__name__} trains with cross-entropy (the paper's loss); "
-                "`criterion` cannot be changed."
-            )
+            check_criterion(kwargs["criterion"], type(self).__name__)
+        check_choice("convention", convention, CONVENTIONS)
         check_positive("mem_size", mem_size, integer=True)
         check_positive("replay_batch_size", replay_batch_size, integer=True)
+        n_mem = replay_batch_size if convention == "original" else replay_batch_size - 1
+        if n_mem > mem_size:
+            raise ValueError(
+                f"`replay_batch_size`={replay_batch_size} asks for {n_mem} memories per "
+                f"batch (convention={convention!r}) but `mem_size` is {mem_size}: a "
+                "batch would never be that large. Use a replay_batch_size of at most "
+                f"{mem_size + (0 if convention == 'original' else 1)} or a larger "
+                "mem_size."
+            )
         check_positive("train_mb_size", train_mb_size, integer=True)
         check_scenario(scenario)
         if num_classes is not None:
@@ -177,17 +245,42 @@ class PerExampleReplayTemplate(SupervisedTemplate):
         )
         self.mem_size = mem_size
         self.replay_batch_size = replay_batch_size
+        self.convention = convention
         self.scenario = scenario
         self.num_classes = num_classes
-        self.memory = ReservoirMemory(mem_size, seed=seed).to(self.device)
+        self.memory = ReservoirMemory(
+            mem_size, seed=seed, original_draw=convention == "original"
+        ).to(self.device)
         self.active_units: Optional[ActiveUnits] = None
+        self._declare_pending = False
         if num_classes is not None:
             self._make_active_units(num_classes)
+
+    @property
+    def memories_per_batch(self) -> int:
+        """Memories drawn per batch once the memory holds enough (``k`` or ``k - 1``)."""
+        if self.convention == "original":
+            return self.replay_batch_size
+        return self.replay_batch_size - 1
 
     # -- scenario and outputs -----------------------------------------------------
     def _make_active_units(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.active_units = ActiveUnits(num_classes, self.scenario).to(self.device)
+
+    def _declare_experience_classes(self) -> None:
+        """Record the current experience's declared classes per task label."""
+        self._declare_pending = False
+        if self.scenario == "domain" or self.experience is None:
+            return
+        self.active_units.observe_experience(self.experience)
+
+    def _before_training_exp(self, **kwargs):
+        super()._before_training_exp(**kwargs)
+        if self.active_units is None:
+            self._declare_pending = True  # once the model's width is known
+        else:
+            self._declare_experience_classes()
 
     def _raw_logits(self, x: Tensor, t: Tensor) -> Tensor:
         """The model's logits, padded to ``num_classes`` units for multi-head models."""
@@ -239,26 +332,59 @@ class PerExampleReplayTemplate(SupervisedTemplate):
         """Update the model with one incoming example (batch dimension 1)."""
         raise NotImplementedError
 
-    def replay_batch(self, x: Tensor, y: Tensor, t: Tensor, n_batches: int):
-        """``n_batches`` batches of the current example (first) plus ``k - 1`` memories.
+    def replay_batch(
+        self, x: Tensor, y: Tensor, t: Tensor, n_batches: int, position: str = "first"
+    ):
+        """``n_batches`` batches of the current example plus :attr:`memories_per_batch`.
 
-        :return: ``(xb, yb, tb)`` of shape ``(n_batches, m, ...)`` with
-            ``m = 1 + min(k - 1, len(memory))``; memories drawn uniformly with
-            replacement, all batches in one draw.
+        :param position: where the current example goes in each batch: ``"first"``,
+            ``"last"``, or ``"random"`` (one uniform position in ``0 .. m - 1`` per
+            batch, drawn from the memory's generator after the memories; the
+            memories keep their drawn order).
+        :return: ``(xb, yb, tb, pos)``: batches of shape ``(n_batches, m, ...)``
+            with ``m = 1 + min(memories_per_batch, len(memory))``, memories drawn
+            uniformly with replacement (all batches in one draw), and ``pos`` the
+            list of the current example's position in each batch.
         """
-        n_mem = min(self.replay_batch_size - 1, len(self.memory))
+        n_mem = min(self.memories_per_batch, len(self.memory))
         if n_mem == 0:
             shape = (n_batches, 1) + tuple(x.shape)
             return (
                 x.expand(shape),
                 y.expand(n_batches, 1),
                 t.expand(n_batches, 1),
+                [0] * n_batches,
             )
         mx, my, mt = self.memory.sample(n_batches, n_mem)
-        xb = torch.cat([x.expand((n_batches, 1) + tuple(x.shape)), mx], 1)
-        yb = torch.cat([y.expand(n_batches, 1), my], 1)
-        tb = torch.cat([t.expand(n_batches, 1), mt], 1)
-        return xb, yb, tb
+        cur = (
+            x.expand((n_batches, 1) + tuple(x.shape)),
+            y.expand(n_batches, 1),
+            t.expand(n_batches, 1),
+        )
+        if position == "first":
+            pos = [0] * n_batches
+        elif position == "last":
+            pos = [n_mem] * n_batches
+        elif position == "random":
+            pos = torch.randint(
+                0, n_mem + 1, (n_batches,), generator=self.memory.generator
+            ).tolist()
+        else:
+            raise ValueError(f"`position` must be first, last or random: {position!r}")
+        if all(p == 0 for p in pos):
+            parts = [(c, m) for c, m in zip(cur, (mx, my, mt))]
+            return tuple(torch.cat(p, 1) for p in parts) + (pos,)
+        if all(p == n_mem for p in pos):
+            parts = [(m, c) for c, m in zip(cur, (mx, my, mt))]
+            return tuple(torch.cat(p, 1) for p in parts) + (pos,)
+        out = []
+        for c, m in zip(cur, (mx, my, mt)):
+            rows = [
+                torch.cat([m[i : i + 1, :p], c[i : i + 1], m[i : i + 1, p:]], 1)
+                for i, p in enumerate(pos)
+            ]
+            out.append(torch.cat(rows, 0))
+        return tuple(out) + (pos,)
 
     def _before_training_epoch(self, **kwargs):
         super()._before_training_epoch(**kwargs)
@@ -273,6 +399,8 @@ class PerExampleReplayTemplate(SupervisedTemplate):
             self._before_training_iteration(**kwargs)
             if self.active_units is None:
                 self._infer_num_classes()
+            if self._declare_pending:
+                self._declare_experience_classes()
             x, y, t = self.mb_x, self.mb_y, self.mb_task_id
             for i in range(x.shape[0]):
                 xi, yi, ti = x[i : i + 1], y[i : i + 1], t[i : i + 1]
@@ -312,22 +440,30 @@ class ER(PerExampleReplayTemplate):
     """Experience Replay with a reservoir memory updated after every example.
 
     For each incoming example ``(x, y, t)``: one optimizer step on the mean
-    cross-entropy of a batch made of ``(x, y, t)`` and ``k - 1`` memories drawn
-    uniformly (with replacement), then the reservoir update with ``(x, y, t)``. This
-    is the "ER" baseline of Riemer et al. (ICLR 2019), with the memory and scenario
+    cross-entropy of a batch made of ``(x, y, t)`` and memories drawn uniformly (with
+    replacement), then the reservoir update with ``(x, y, t)``. This is the "ER"
+    baseline of Riemer et al. (ICLR 2019), Algorithm 4, with the memory and scenario
     handling of :class:`~avalanche_meta.strategies.MER`. It differs from Avalanche's
     ``Replay`` (memory filled at the end of each experience, current mini-batch and
     memory batch concatenated) in updating the memory per example.
+
+    ``convention="original"`` is ``eralg4.py``: ``min(k, |M|)`` memories then the
+    current example (last), one plain SGD step on the batch's mean loss (the
+    original runs it with lr 0.1 and its own ``k``: see the CLI presets);
+    ``"paper"``: the current example first and ``k - 1`` memories.
 
     :param model: any classifier, or an Avalanche multi-head model.
     :param optimizer: any optimizer; ``None`` builds ``SGD(model.parameters(), lr)``.
     :param lr: learning rate of the default SGD, 0.03 if ``None`` (giving both
         ``lr`` and ``optimizer`` is an error).
     :param mem_size: memory capacity.
-    :param replay_batch_size: ``k``: the current example plus ``k - 1`` memories.
+    :param replay_batch_size: ``k``: memories per batch (``"original"``) or batch
+        size including the current example (``"paper"``).
     :param scenario: ``"task"``, ``"class"`` or ``"domain"``.
     :param num_classes: output units (``None``: inferred from the model).
     :param seed: seed of the memory's random generator.
+    :param convention: ``"paper"`` (default) or ``"original"`` (``eralg4.py``; see
+        :mod:`avalanche_meta.strategies.er`).
 
     Other keyword arguments are Avalanche's (``train_mb_size``, ``eval_mb_size``,
     ``device``, ``plugins``, ``evaluator``, ``eval_every``, ...).
@@ -354,6 +490,7 @@ class ER(PerExampleReplayTemplate):
         scenario: str = "domain",
         num_classes: Optional[int] = None,
         seed: Optional[int] = None,
+        convention: str = "paper",
         train_mb_size: int = 1,
         train_epochs: int = 1,
         eval_mb_size: Optional[int] = 256,
@@ -380,6 +517,7 @@ class ER(PerExampleReplayTemplate):
             scenario=scenario,
             num_classes=num_classes,
             seed=seed,
+            convention=convention,
             train_mb_size=train_mb_size,
             train_epochs=train_epochs,
             eval_mb_size=eval_mb_size,
@@ -392,7 +530,8 @@ class ER(PerExampleReplayTemplate):
         )
 
     def learn_example(self, x: Tensor, y: Tensor, t: Tensor) -> None:
-        xb, yb, tb = self.replay_batch(x[0], y[0], t[0], 1)
+        position = "last" if self.convention == "original" else "first"
+        xb, yb, tb, _ = self.replay_batch(x[0], y[0], t[0], 1, position)
         xb, yb, tb = xb[0], yb[0], tb[0]
         self.optimizer.zero_grad()
         loss = F.cross_entropy(self.logits(xb, tb), yb)

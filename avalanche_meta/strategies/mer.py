@@ -1,10 +1,10 @@
 """Meta-Experience Replay (MER), Riemer et al., ICLR 2019: Algorithm 1 (and 6, 7).
 
-For each incoming example ``(x, y, t)``::
+For each incoming example ``(x, y, t)`` (Algorithm 1)::
 
     theta_A0 = theta
     for i in 1..s:                                   # batches_per_example
-        B_i = [(x, y, t)] + (k - 1) random memories  # replay_batch_size k
+        B_i = [(x, y, t)] + memories drawn uniformly # k of them (convention="original")
         theta_W0 = theta
         for (x_j, y_j, t_j) in B_i:                  # one plain SGD step per sample
             theta = theta - alpha * grad L(theta; x_j, y_j, t_j)
@@ -12,40 +12,40 @@ For each incoming example ``(x, y, t)``::
     theta = theta_A0 + gamma * (theta - theta_A0)           # across-batch Reptile
     reservoir update of M with (x, y, t)
 
-This is the product's hot path (``s * k`` sequential single-sample steps per example),
-so it is written for speed without changing the arithmetic:
+Conventions (``convention=``, see :mod:`avalanche_meta.strategies.er`):
 
-- the model's parameters are views of one flat buffer
-  (:class:`~avalanche_meta.utils.flat.FlatParameters`): the snapshots ``theta_A0``,
-  ``theta_W0`` are one ``copy_`` into preallocated buffers and each Reptile step one
-  ``lerp_``; no ``deepcopy``, no ``state_dict``, no optimizer object in the loop;
-- the ``s`` memory batches of an example are drawn in one call and gathered at once;
-- general path (any model, Avalanche multi-head models included): autograd on one
-  sample, gradients accumulated into the flat gradient buffer, ``flat -= alpha * grad``;
-- fast path (Linear/ReLU stacks such as :class:`~avalanche_meta.models.mlp.MLP`, float32
-  on the CPU): the forward pass, the cross-entropy gradient ``softmax(z) - onehot(y)``
-  and the backward pass written out per layer, each weight updated in place by a
-  rank-one step while the gradient for the layer below is read from the pre-update
-  weights (one pass over each weight matrix). It runs as a small C kernel, compiled
-  once per machine with the system C compiler into ``~/.cache/avalanche_meta`` and
-  called through ``ctypes`` (``AVALANCHE_META_NO_NATIVE=1`` turns it off); on a GPU,
-  or without a C compiler (a ``RuntimeWarning`` says so), the same loop runs as
-  TorchScript. The arithmetic is Algorithm 1's; only the order of floating-point
-  summations differs from autograd's, so results agree to rounding (about 1e-7
-  relative; ``tests/test_mer.py`` checks both kernels against the autograd path and
-  against a deepcopy-style reference of Algorithm 1).
+- ``"original"``: as the code that produced the published numbers
+  (``model/meralg1.py``, ``meralg6.py``, ``meralg7.py`` of mattriemer/MER): a batch
+  is the current example plus ``min(k, |M|)`` memories (``k + 1`` samples: 1,010
+  single-sample steps per example at k=100, s=10; the first example is learned
+  alone); reservoir slot ``randint(0, age)`` inclusive. Algorithm 6: the current
+  example last, Reptile with ``gamma`` after **every** batch (the code takes the
+  snapshot inside the batch loop; its runs use the default ``s = 1``). Algorithm 7:
+  one batch with the current example at a random position (its loss scaled by
+  ``s``), Reptile with ``gamma``; nothing is learned from the very first example of
+  the stream (it only enters the memory). The CLI presets use this convention.
+- ``"paper"`` (the class default): as the algorithm boxes read: ``k`` samples per
+  batch (the current example and ``k - 1`` memories), exact reservoir sampling;
+  Algorithm 6: the current example last in each of the ``s`` batches, one Reptile
+  step with ``gamma`` over them; Algorithm 7: the current example first.
 
-Where this departs from the paper's code (``meralg1.py``): a batch holds the current
-example (first) plus ``k - 1`` memories drawn uniformly with replacement, as the
-algorithm box reads; the original code drew ``k`` memories, i.e. batches of ``k + 1``
-samples (1,010 steps per example at k=100, s=10): pass ``replay_batch_size=k + 1``
-to match it. The reservoir draw is exact (the code's ``randint(0, age)`` gave the
-new example a chance of ``mem_size / (age + 1)`` instead of ``mem_size / age``).
+Memories are drawn uniformly with replacement (the original reshuffles its memory
+before each draw: the same distribution). The random position of Algorithm 7's
+current example is drawn uniformly (the original shuffles the whole batch; the
+memories being i.i.d. draws, only the current example's position matters).
+
+Speed without changing the arithmetic: the parameters are views of one flat buffer
+(:class:`~avalanche_meta.utils.flat.FlatParameters`), so the snapshots are one
+``copy_`` and each Reptile step one ``lerp_``; an example's ``s`` memory batches are
+drawn and gathered at once; for Linear/ReLU MLPs the single-sample steps run in a
+compiled loop (:mod:`avalanche_meta.strategies._mer_kernels`: a C kernel, else
+TorchScript), any other model with autograd. ``tests/test_mer.py`` checks all three
+against a deepcopy-style Algorithm 1/6/7, and ``benchmarks/parity_mer.py`` against
+the original code.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -56,7 +56,14 @@ from avalanche.training.plugins.evaluation import default_evaluator
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from avalanche_meta.models.mlp import MLP
+from avalanche_meta.strategies._mer_kernels import (
+    NativeMLPSteps,
+    check_labels,
+    compiled_mlp_sgd_steps,
+    mlp_linear_layers,
+    mlp_sgd_steps,
+    native_library,
+)
 from avalanche_meta.strategies.er import (
     PerExampleReplayTemplate,
     _default_sgd,
@@ -74,9 +81,6 @@ from avalanche_meta.utils.validation import (
 VARIANTS = ("alg1", "alg6", "alg7")
 
 
-# ----------------------------------------------------------------------------------
-# The paper's operations on flat parameter buffers
-# ----------------------------------------------------------------------------------
 def reptile_interpolate(theta: Tensor, theta_0: Tensor, coef: float) -> None:
     """In place: ``theta = theta_0 + coef * (theta - theta_0)``; ``theta_0`` is clobbered."""
     if coef != 1.0:
@@ -84,389 +88,30 @@ def reptile_interpolate(theta: Tensor, theta_0: Tensor, coef: float) -> None:
         theta.copy_(theta_0)
 
 
-def mlp_linear_layers(model: nn.Module) -> Optional[List[nn.Linear]]:
-    """The Linear layers of a plain ``[Flatten] Linear (ReLU Linear)*`` network, else None.
-
-    Recognises :class:`~avalanche_meta.models.mlp.MLP` and ``nn.Sequential`` stacks
-    whose trainable parameters are exactly the layers' float32 weights and biases.
-    """
-    if isinstance(model, MLP):
-        modules = list(model.features) + [model.classifier]
-    elif type(model) is nn.Sequential:
-        modules = list(model)
-    else:
-        return None
-    if modules and isinstance(modules[0], nn.Flatten):
-        if modules[0].start_dim != 1 or modules[0].end_dim != -1:
-            return None
-        modules = modules[1:]
-    if not modules or len(modules) % 2 != 1:
-        return None
-    layers = []
-    for i, m in enumerate(modules):
-        if i % 2 == 0:
-            if type(m) is not nn.Linear or m.bias is None:
-                return None
-            layers.append(m)
-        elif type(m) is not nn.ReLU:
-            return None
-    params = [p for lin in layers for p in (lin.weight, lin.bias)]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if len(trainable) != len(params) or any(
-        a is not b for a, b in zip(trainable, params)
-    ):
-        return None
-    if any(p.dtype != torch.float32 or not p.requires_grad for p in params):
-        return None
-    return layers
-
-
-def mlp_sgd_steps(
-    weights: List[Tensor],
-    biases: List[Tensor],
-    X: Tensor,
-    y: List[int],
-    inactive: Optional[Tensor],
-    scales: List[float],
-    lr: float,
-    mask_value: float = -1e9,
-) -> None:
-    """One plain SGD step per row of ``X``, in order, on a ReLU MLP (in place).
-
-    Per sample: logits ``z`` (inactive units set to ``mask_value``), loss
-    ``scale * CE(z, y)`` whose gradient ``scale * (softmax(z) - onehot(y))`` is
-    back-propagated with the pre-update weights (ReLU derivative from the layer's
-    output, as autograd), then ``W -= lr * g h^T`` and ``b -= lr * g`` per layer.
-    The losses themselves are not computed (it saves time in TorchScript): a
-    non-finite loss means non-finite logits, hence non-finite parameters, which the
-    caller checks after the batch.
-    """
-    n_layers = len(weights)
-    for j in range(X.shape[0]):
-        h = X[j]
-        inputs: List[Tensor] = [h]
-        for layer in range(n_layers - 1):
-            h = torch.addmv(biases[layer], weights[layer], h).relu()
-            inputs.append(h)
-        z = torch.addmv(biases[n_layers - 1], weights[n_layers - 1], h)
-        if inactive is not None:
-            z = z.masked_fill(inactive[j], mask_value)
-        g = z.softmax(0)
-        g[y[j]] -= 1.0
-        if scales[j] != 1.0:
-            g *= scales[j]
-        for layer in range(n_layers - 1, 0, -1):
-            h_in = inputs[layer]
-            g_in = torch.ops.aten.threshold_backward(
-                weights[layer].t().mv(g), h_in, 0.0
-            )
-            weights[layer].addr_(g, h_in, alpha=-lr)
-            biases[layer].add_(g, alpha=-lr)
-            g = g_in
-        weights[0].addr_(g, inputs[0], alpha=-lr)
-        biases[0].add_(g, alpha=-lr)
-
-
-_compiled_steps: Optional[Callable] = None
-
-
-def compiled_mlp_sgd_steps() -> Callable:
-    """:func:`mlp_sgd_steps` compiled with TorchScript (once), or the Python function."""
-    global _compiled_steps
-    if _compiled_steps is None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _compiled_steps = torch.jit.script(mlp_sgd_steps)
-        except Exception as err:  # TorchScript missing or unsupported
-            warnings.warn(
-                f"MER: TorchScript could not compile the MLP fast path ({err}); it "
-                "runs as plain Python (same results, slower).",
-                RuntimeWarning,
-            )
-            _compiled_steps = mlp_sgd_steps
-    return _compiled_steps
-
-
-# ----------------------------------------------------------------------------------
-# Native fast path: the same loop in C, compiled once per machine with the system C
-# compiler and called through ctypes (no build step at install time; without a
-# compiler the TorchScript version above runs).
-# ----------------------------------------------------------------------------------
-_C_SOURCE = r"""
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
-
-/* One plain SGD step per row of X on a ReLU MLP, in order, in place.
-   W[l]: dims[l+1] x dims[l] row-major, b[l]: dims[l+1]. work: scratch of
-   sum(dims) + 2 * max(dims) floats. inactive: m x dims[L] bytes or NULL.
-   Returns -1, or the index of the first sample whose loss is not finite (nothing
-   of that sample or after it is applied). */
-int64_t mer_mlp_sgd_steps(int n_layers, const int64_t *dims, float **W, float **b,
-                       const float *X, int64_t m, const int64_t *y,
-                       const uint8_t *inactive, const float *scales, float lr,
-                       float mask_value, float *work) {
-  int64_t total = 0, widest = 0;
-  for (int l = 0; l <= n_layers; ++l) {
-    total += dims[l];
-    widest = dims[l] > widest ? dims[l] : widest;
-  }
-  float *acts = work;          /* inputs of layers 1..L-1, then logits */
-  float *grad = work + total;  /* two gradient vectors of `widest` floats */
-  const int64_t C = dims[n_layers];
-  for (int64_t j = 0; j < m; ++j) {
-    const float *h = X + j * dims[0];
-    const float *inputs[64];
-    float *out = acts;
-    inputs[0] = h;
-    for (int l = 0; l < n_layers; ++l) {
-      const int64_t n_out = dims[l + 1], n_in = dims[l];
-      const float *Wl = W[l];
-      for (int64_t o = 0; o < n_out; ++o) {
-        const float *row = Wl + o * n_in;
-        float s = 0.0f;
-        for (int64_t i = 0; i < n_in; ++i) s += row[i] * h[i];
-        s += b[l][o];
-        out[o] = (l < n_layers - 1 && s < 0.0f) ? 0.0f : s; /* ReLU; NaN stays NaN */
-      }
-      h = out;
-      inputs[l + 1] = out;
-      out += n_out;
-    }
-    float *z = (float *)h;
-    if (inactive) {
-      const uint8_t *row = inactive + j * C;
-      for (int64_t c = 0; c < C; ++c)
-        if (row[c]) z[c] = mask_value;
-    }
-    float zmax = z[0];
-    for (int64_t c = 1; c < C; ++c) zmax = z[c] > zmax ? z[c] : zmax;
-    float sum = 0.0f;
-    float *g = grad, *g_in = grad + widest;
-    for (int64_t c = 0; c < C; ++c) {
-      g[c] = expf(z[c] - zmax);
-      sum += g[c];
-    }
-    const float scale = scales[j];
-    const float loss = scale * (logf(sum) + zmax - z[y[j]]);
-    if (!isfinite(loss)) return j;
-    for (int64_t c = 0; c < C; ++c) g[c] = g[c] / sum;
-    g[y[j]] -= 1.0f;
-    if (scale != 1.0f)
-      for (int64_t c = 0; c < C; ++c) g[c] *= scale;
-    for (int l = n_layers - 1; l >= 0; --l) {
-      const int64_t n_out = dims[l + 1], n_in = dims[l];
-      float *Wl = W[l];
-      const float *hin = inputs[l];
-      if (l > 0) memset(g_in, 0, sizeof(float) * n_in);
-      for (int64_t o = 0; o < n_out; ++o) {
-        float *row = Wl + o * n_in;
-        const float go = g[o];
-        const float step = -lr * go;
-        if (l > 0)
-          for (int64_t i = 0; i < n_in; ++i) {
-            g_in[i] += row[i] * go; /* with the pre-update weight */
-            row[i] += step * hin[i];
-          }
-        else
-          for (int64_t i = 0; i < n_in; ++i) row[i] += step * hin[i];
-        b[l][o] += step;
-      }
-      if (l > 0) {
-        for (int64_t i = 0; i < n_in; ++i)
-          if (hin[i] <= 0.0f) g_in[i] = 0.0f; /* ReLU derivative, as autograd */
-        float *tmp = g;
-        g = g_in;
-        g_in = tmp;
-      }
-    }
-  }
-  return -1;
-}
-"""
-
-_native: Optional[object] = None
-_native_tried = False
-
-
-def _native_library():
-    """The compiled C kernel (ctypes), or None when no C compiler is available."""
-    global _native, _native_tried
-    if _native_tried:
-        return _native
-    _native_tried = True
-    import ctypes
-    import hashlib
-    import os
-    import platform
-    import shutil
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
-    if os.environ.get("AVALANCHE_META_NO_NATIVE"):
-        return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        warnings.warn(
-            "MER: no C compiler found; the MLP fast path runs with TorchScript "
-            "(same results, slower). Install gcc/clang for the native kernel.",
-            RuntimeWarning,
-        )
-        return None
-    flags = [
-        "-O3",
-        "-march=native",
-        "-fno-math-errno",
-        "-fassociative-math",
-        "-fno-signed-zeros",
-        "-fno-trapping-math",
-        "-shared",
-        "-fPIC",
-    ]
-    cpu = platform.machine() + platform.node()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu += "".join(
-                line for line in f if line.startswith(("model name", "flags"))
-            )
-    except OSError:
-        pass
-    key = hashlib.sha256((_C_SOURCE + " ".join(flags) + cpu).encode()).hexdigest()[:16]
-    cache = Path(
-        os.environ.get("AVALANCHE_META_CACHE")
-        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        / "avalanche_meta"
-    )
-    lib_path = cache / f"mer_kernel_{key}.so"
-    try:
-        if not lib_path.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                src = Path(tmp) / "mer_kernel.c"
-                src.write_text(_C_SOURCE)
-                tmp_lib = Path(tmp) / lib_path.name
-                subprocess.run(
-                    [compiler, *flags, str(src), "-o", str(tmp_lib), "-lm"],
-                    check=True,
-                    capture_output=True,
-                    timeout=120,
-                )
-                # copy next to the target, then rename: atomic for concurrent
-                # processes (e.g. pytest-xdist workers) building the same kernel
-                staged = cache / f".{lib_path.name}.{os.getpid()}"
-                shutil.copyfile(tmp_lib, staged)
-                os.replace(staged, lib_path)
-        lib = ctypes.CDLL(str(lib_path))
-        fn = lib.mer_mlp_sgd_steps
-        fn.restype = ctypes.c_int64
-        fn.argtypes = [
-            ctypes.c_int,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_int64,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_float,
-            ctypes.c_float,
-            ctypes.c_void_p,
-        ]
-        _native = fn
-    except (OSError, subprocess.SubprocessError) as err:
-        warnings.warn(
-            f"MER: the native kernel could not be built ({err}); the MLP fast path "
-            "runs with TorchScript (same results, slower).",
-            RuntimeWarning,
-        )
-        _native = None
-    return _native
-
-
-class NativeMLPSteps:
-    """Calls the C kernel on a fixed list of float32 CPU layers (pointers cached)."""
-
-    def __init__(self, layers: List[Tuple[Tensor, Tensor]]):
-        import ctypes
-
-        self.fn = _native_library()
-        self.layers = layers  # keeps the tensors alive
-        n = len(layers)
-        dims = [layers[0][0].shape[1]] + [w.shape[0] for w, _ in layers]
-        self.n_layers = n
-        self.dims = torch.tensor(dims, dtype=torch.int64)
-        self.W = (ctypes.c_void_p * n)(*[w.data_ptr() for w, _ in layers])
-        self.b = (ctypes.c_void_p * n)(*[b.data_ptr() for _, b in layers])
-        self.work = torch.empty(sum(dims) + 2 * max(dims), dtype=torch.float32)
-        if n >= 64:
-            raise ValueError("the native MER kernel supports at most 63 layers.")
-
-    @staticmethod
-    def supports(layers: List[Tuple[Tensor, Tensor]]) -> bool:
-        return (
-            all(
-                t.device.type == "cpu"
-                and t.dtype == torch.float32
-                and t.is_contiguous()
-                for pair in layers
-                for t in pair
-            )
-            and len(layers) < 64
-        )
-
-    def __call__(
-        self,
-        X: Tensor,
-        y: Tensor,
-        inactive: Optional[Tensor],
-        scales: Tensor,
-        lr: float,
-        mask_value: float,
-    ) -> int:
-        """Run the steps; return -1 or the index of the first non-finite loss."""
-        X = X.contiguous()
-        y = y.contiguous()
-        if inactive is not None:
-            inactive = inactive.contiguous()
-        return self.fn(
-            self.n_layers,
-            self.dims.data_ptr(),
-            self.W,
-            self.b,
-            X.data_ptr(),
-            X.shape[0],
-            y.data_ptr(),
-            None if inactive is None else inactive.data_ptr(),
-            scales.data_ptr(),
-            lr,
-            mask_value,
-            self.work.data_ptr(),
-        )
-
-
 # ----------------------------------------------------------------------------------
 # The strategy
 # ----------------------------------------------------------------------------------
 class MER(PerExampleReplayTemplate):
-    """Meta-Experience Replay (Riemer et al., ICLR 2019), Algorithm 1 exactly.
+    """Meta-Experience Replay (Riemer et al., ICLR 2019), Algorithm 1 (6, 7).
 
     Each incoming example is learned with ``s`` (``batches_per_example``) batches of
-    itself plus ``k - 1`` (``replay_batch_size - 1``) memories drawn uniformly with
-    replacement; within each batch one plain SGD step (lr ``alpha``, here ``lr``) per
+    itself plus memories drawn uniformly with replacement (``k`` =
+    ``replay_batch_size`` of them with ``convention="original"``, ``k - 1`` with
+    ``"paper"``); within each batch one plain SGD step (lr ``alpha``, here ``lr``) per
     sample, then within-batch Reptile with ``beta``; after the ``s`` batches,
     across-batch Reptile with ``gamma``; then the reservoir update
     (:class:`~avalanche_meta.strategies._memory.ReservoirMemory`) with the example,
     so the current task is replayed while it is learned. Mini-batches of any size
     are processed example by example; streams may be online or ordinary experiences.
 
-    Variants (``variant=``): ``"alg1"`` (default, the above); ``"alg6"``: the same
-    ``s`` batches with the current example placed last in each, no within-batch
-    Reptile, one Reptile step with ``gamma`` over the ``s`` batches; ``"alg7"``: one
-    batch per example whose current-example loss is scaled by ``s``, then Reptile with
-    ``gamma``. ``beta`` is only used by Algorithm 1.
+    Variants (``variant=``): ``"alg1"`` (default, the above); ``"alg6"``: batches
+    with the current example placed last, no within-batch Reptile, Reptile with
+    ``gamma`` (after every batch with ``"original"``, once over the ``s`` batches
+    with ``"paper"``); ``"alg7"``: one batch per example whose current-example loss
+    is scaled by ``s``, then Reptile with ``gamma`` (``"original"``: the current
+    example at a random position, nothing learned from the stream's first
+    example). ``beta`` is only used by Algorithm 1. The module docstring lists what
+    each convention follows.
 
     Differences from Avalanche's ``avalanche.training.supervised.MER`` (same name,
     other namespace): that one fills its memory only at the end of each experience
@@ -491,7 +136,8 @@ class MER(PerExampleReplayTemplate):
         decay; its lr is then the inner ``alpha``.
     :param lr: the inner SGD learning rate ``alpha`` (default 0.03).
     :param mem_size: memory capacity (paper: 5120, 500 or 200).
-    :param replay_batch_size: ``k``, the batch size including the current example.
+    :param replay_batch_size: ``k``: memories per batch (``"original"``), or the
+        batch size including the current example (``"paper"``).
     :param batches_per_example: ``s``.
     :param beta: within-batch Reptile coefficient in (0, 1] (Algorithm 1; default
         0.03).
@@ -502,6 +148,9 @@ class MER(PerExampleReplayTemplate):
     :param seed: seed of the memory's random generator (reservoir and replay draws).
     :param fast_path: use the MLP fast path (native C kernel, else TorchScript) when
         the model allows it.
+    :param convention: ``"paper"`` (default) or ``"original"``: which of the paper's
+        boxes or the original code to follow (module docstring). Reproductions of
+        the published numbers use ``"original"``.
 
     Other keyword arguments are Avalanche's (``train_mb_size``, ``eval_mb_size``,
     ``device``, ``plugins``, ``evaluator``, ``eval_every``, ...).
@@ -513,7 +162,7 @@ class MER(PerExampleReplayTemplate):
 
         strategy = MER(model=MLP(784, (100, 100), 10), lr=0.1, mem_size=200,
                        replay_batch_size=10, batches_per_example=5, beta=0.01,
-                       gamma=1.0, scenario="domain")
+                       gamma=1.0, scenario="domain", convention="original")
         for experience in benchmark.train_stream:
             strategy.train(experience)
             strategy.eval(benchmark.test_stream)
@@ -535,6 +184,7 @@ class MER(PerExampleReplayTemplate):
         num_classes: Optional[int] = None,
         seed: Optional[int] = None,
         fast_path: bool = True,
+        convention: str = "paper",
         train_mb_size: int = 1,
         train_epochs: int = 1,
         eval_mb_size: Optional[int] = 256,
@@ -570,6 +220,7 @@ class MER(PerExampleReplayTemplate):
             scenario=scenario,
             num_classes=num_classes,
             seed=seed,
+            convention=convention,
             train_mb_size=train_mb_size,
             train_epochs=train_epochs,
             eval_mb_size=eval_mb_size,
@@ -604,18 +255,26 @@ class MER(PerExampleReplayTemplate):
             self._theta_A0 = torch.empty(n, dtype=ref.dtype, device=ref.device)
             self._theta_W0 = torch.empty_like(self._theta_A0)
             layers = mlp_linear_layers(self.model) if self.fast_path else None
+            if (
+                layers is not None
+                and self.num_classes is not None
+                and layers[-1].out_features != self.num_classes
+            ):
+                raise ValueError(
+                    f"the model gives {layers[-1].out_features} outputs but "
+                    f"`num_classes` is {self.num_classes}: build the model with "
+                    f"{self.num_classes} outputs or pass the matching `num_classes`."
+                )
             self._layers = (
                 None
                 if layers is None
                 else [(lin.weight.detach(), lin.bias.detach()) for lin in layers]
             )
             self._native = None
-            if (
-                self._layers is not None
-                and NativeMLPSteps.supports(self._layers)
-                and _native_library() is not None
-            ):
-                self._native = NativeMLPSteps(self._layers)
+            if self._layers is not None and NativeMLPSteps.supports(self._layers):
+                fn = native_library()  # decided once per process: same for all
+                if fn is not None:
+                    self._native = NativeMLPSteps(self._layers, fn)
         return self._flat
 
     @property
@@ -643,31 +302,39 @@ class MER(PerExampleReplayTemplate):
     # -- Algorithm 1 / 6 / 7 ---------------------------------------------------------
     def learn_example(self, x: Tensor, y: Tensor, t: Tensor) -> None:
         flat = self._bind()
+        variant, original = self.variant, self.convention == "original"
         s = self.batches_per_example
-        n_batches = 1 if self.variant == "alg7" else s
-        xb, yb, tb = self.replay_batch(x[0], y[0], t[0], n_batches)
-        if self.variant == "alg6":  # the current example last in each batch
-            xb, yb, tb = (torch.roll(v, -1, dims=1) for v in (xb, yb, tb))
+        if variant == "alg7" and original and self.memory.n_seen == 0:
+            return  # meralg7.py learns nothing from the stream's first example
+        n_batches = 1 if variant == "alg7" else s
+        position = {"alg1": "first", "alg6": "last", "alg7": "first"}[variant]
+        if variant == "alg7" and original:
+            position = "random"
+        xb, yb, tb, pos = self.replay_batch(x[0], y[0], t[0], n_batches, position)
         m = yb.shape[1]
         inactive = self.inactive_units(tb.reshape(-1))
         if inactive is not None:
             inactive = inactive.view(n_batches, m, -1)
         scales = [1.0] * m
-        if self.variant == "alg7":
-            scales[0] = float(s)
+        if variant == "alg7":  # one batch: the current example's loss times s
+            scales[pos[0]] = float(s)
         self._scales_t = torch.tensor(scales, dtype=torch.float32)
+        # Reptile after every batch: Algorithm 1 (beta), Algorithm 6 of the code (gamma)
+        per_batch = {"alg1": self.beta}.get(variant)
+        if variant == "alg6" and original:
+            per_batch = self.gamma
 
-        theta_A0 = self._theta_A0
-        theta_A0.copy_(flat.flat)
+        self._theta_A0.copy_(flat.flat)
         for i in range(n_batches):
-            if self.variant == "alg1":
+            if per_batch is not None:
                 self._theta_W0.copy_(flat.flat)
             self.sgd_steps(
                 xb[i], yb[i], tb[i], None if inactive is None else inactive[i], scales
             )
-            if self.variant == "alg1":  # within-batch Reptile
-                reptile_interpolate(flat.flat, self._theta_W0, self.beta)
-        reptile_interpolate(flat.flat, theta_A0, self.gamma)  # across-batch Reptile
+            if per_batch is not None:
+                reptile_interpolate(flat.flat, self._theta_W0, per_batch)
+        if not (variant == "alg6" and original):  # across-batch Reptile
+            reptile_interpolate(flat.flat, self._theta_A0, self.gamma)
 
     @torch.no_grad()
     def sgd_steps(
@@ -699,16 +366,25 @@ class MER(PerExampleReplayTemplate):
             if self._native is not None:
                 if len(scales) != self._scales_t.numel():
                     self._scales_t = torch.tensor(scales, dtype=torch.float32)
-                j = self._native(
-                    X.to(torch.float32),
-                    y.to(torch.int64),
-                    inactive,
-                    self._scales_t,
-                    self.lr,
-                    MASK_VALUE,
-                )
+                try:
+                    j = self._native(
+                        X.to(torch.float32),
+                        y.to(torch.int64),
+                        inactive,
+                        self._scales_t,
+                        self.lr,
+                        MASK_VALUE,
+                    )
+                except ValueError:  # bad inputs: nothing of this example is kept
+                    flat.flat.copy_(self._theta_A0)
+                    raise
                 finite = j < 0
             else:
+                try:
+                    check_labels(y, self._layers[-1][0].shape[0])
+                except ValueError:
+                    flat.flat.copy_(self._theta_A0)
+                    raise
                 compiled_mlp_sgd_steps()(
                     [w for w, _ in self._layers],
                     [b for _, b in self._layers],
@@ -747,4 +423,10 @@ class MER(PerExampleReplayTemplate):
             flat.flat.add_(flat.flat_grad, alpha=-self.lr)
 
 
-__all__ = ["MER", "mlp_linear_layers", "mlp_sgd_steps", "reptile_interpolate"]
+__all__ = [
+    "MER",
+    "compiled_mlp_sgd_steps",
+    "mlp_linear_layers",
+    "mlp_sgd_steps",
+    "reptile_interpolate",
+]

@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from contextlib import nullcontext
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,55 @@ def check_scenario(scenario: str) -> str:
             f"'domain' (Domain-IL); got {scenario!r}."
         )
     return scenario
+
+
+def declared_task_classes(experience: Any) -> Dict[int, List[int]]:
+    """The classes an Avalanche experience declares, per task label.
+
+    Source: the experience's ``origin_experience`` when it has one (an online
+    sub-experience of ``split_online_stream`` / :func:`~avalanche_meta.benchmarks.
+    online.online_stream`: its task is the whole origin experience), else the
+    experience itself. Attribute masking (Avalanche hides some attributes in train
+    mode) is lifted to read it. From its dataset's ``targets`` and
+    ``targets_task_labels`` when both exist: every (task label, class) pair of the
+    dataset; else its ``classes_in_this_experience`` under each of its
+    ``task_labels`` (task 0 if it has none).
+
+    :return: ``{task label: sorted list of classes}``; empty if nothing is known.
+    """
+    if experience is None:
+        return {}
+    masking = getattr(experience, "no_attribute_masking", None)
+    with masking() if callable(masking) else nullcontext():
+        try:
+            origin = getattr(experience, "origin_experience", None)
+        except Exception:  # an attribute Avalanche refuses to show
+            origin = None
+        source = origin if origin is not None else experience
+        inner = getattr(source, "no_attribute_masking", None)
+        with inner() if callable(inner) and source is not experience else nullcontext():
+            dataset = getattr(source, "dataset", None)
+            targets = getattr(dataset, "targets", None)
+            task_labels = getattr(dataset, "targets_task_labels", None)
+            out: Dict[int, set] = {}
+            if targets is not None and task_labels is not None:
+                tasks = getattr(task_labels, "uniques", None)  # cached by Avalanche
+                if tasks is not None and len(tasks) == 1:
+                    values = getattr(targets, "uniques", None)
+                    if values is None:
+                        values = set(targets)
+                    out[int(next(iter(tasks)))] = {int(c) for c in values}
+                else:
+                    for t, c in zip(task_labels, targets):
+                        out.setdefault(int(t), set()).add(int(c))
+            else:
+                classes = getattr(source, "classes_in_this_experience", None)
+                if classes is None:
+                    return {}
+                tasks = getattr(source, "task_labels", None) or [0]
+                for t in tasks:
+                    out[int(t)] = {int(c) for c in classes}
+    return {t: sorted(c) for t, c in sorted(out.items())}
 
 
 class ActiveUnits(nn.Module):
@@ -91,6 +141,25 @@ class ActiveUnits(nn.Module):
         """Record that ``task`` has ``classes`` (e.g. an experience's class list)."""
         y = torch.as_tensor(sorted(int(c) for c in classes), dtype=torch.long)
         self.observe(y, torch.full_like(y, int(task)))
+
+    @torch.no_grad()
+    def observe_experience(self, experience: Any) -> Dict[int, List[int]]:
+        """Record the classes an experience declares, per task label.
+
+        Uses :func:`declared_task_classes` (the origin experience of an online
+        sub-experience, else the experience itself) and calls
+        :meth:`observe_classes` for each task label. Call it at the start of each
+        training experience: a task's classes are then active from its first
+        example on (Task-IL, Class-IL), not only once each label has been seen.
+
+        :return: what was recorded, ``{task label: sorted classes}`` (empty when
+            the experience declares nothing; labels are then only learned from
+            :meth:`observe`).
+        """
+        declared = declared_task_classes(experience)
+        for task, classes in declared.items():
+            self.observe_classes(classes, task)
+        return declared
 
     # -- masking -----------------------------------------------------------------
     def active(self, t: Optional[Tensor], batch_size: int) -> Tensor:
