@@ -152,7 +152,7 @@ def test_switches_must_match_the_model():
     opt = torch.optim.Adam(vae.parameters())
     with pytest.raises(ValueError, match="prior='gmm'"):
         BrainInspiredReplay(model=vae, optimizer=opt, conditional=True, gating=0.0)
-    with pytest.raises(ValueError, match="gate_keep"):
+    with pytest.raises(ValueError, match="gate_prop"):
         BrainInspiredReplay(model=vae, optimizer=opt, conditional=False, gating=0.8)
     with pytest.raises(ValueError, match="generator"):
         BrainInspiredReplay(

@@ -41,9 +41,9 @@ def test_standard_kl_matches_hand_computation():
 
 
 def test_gmm_kl_given_class_is_closed_form_against_its_mode():
-    """The labelled KL is closed form: check it by hand and by Monte-Carlo."""
+    """kl="closed": the labelled KL is closed form: check it by hand and by MC."""
     torch.manual_seed(0)
-    prior = GaussianMixturePrior(z_dim=2, n_modes=3)
+    prior = GaussianMixturePrior(z_dim=2, n_modes=3, kl="closed")
     with torch.no_grad():
         prior.means.copy_(torch.tensor([[0.0, 0.0], [1.0, -2.0], [3.0, 3.0]]))
         prior.logvars.copy_(torch.log(torch.tensor([[1.0, 1.0], [0.5, 2.0], [1, 1]])))
@@ -67,6 +67,62 @@ def test_gmm_kl_given_class_is_closed_form_against_its_mode():
     assert kl_diag_gaussians(
         mu, logvar, prior.means[1:2], prior.logvars[1:2]
     ).item() == (pytest.approx(ref, rel=1e-5))
+
+
+def test_gmm_kl_given_class_is_single_sample_estimate_by_default():
+    """The reference (models/vae.py calculate_variat_loss) estimates the labelled KL
+    with the reparameterised z: log q(z|x) - log N(z; mode y)."""
+    prior = GaussianMixturePrior(z_dim=1, n_modes=2)
+    assert prior.kl_estimator == "sample"
+    with torch.no_grad():
+        prior.means.copy_(torch.tensor([[-1.0], [2.0]]))
+        prior.logvars.copy_(torch.tensor([[0.0], [math.log(4.0)]]))
+    mu, logvar, z = torch.tensor([[0.5]]), torch.tensor([[0.0]]), torch.tensor([[0.1]])
+    log_q = -0.5 * (math.log(2 * math.pi) + 0.4**2)
+    log_p = -0.5 * (math.log(2 * math.pi) + math.log(4.0) + 1.9**2 / 4.0)
+    kl = prior.kl(mu, logvar, z, torch.tensor([1])).item()
+    assert kl == pytest.approx(log_q - log_p, rel=1e-5)
+
+
+def test_gmm_kl_with_class_probs_is_against_the_weighted_mixture():
+    """Replayed samples with distillation (reference: y_prob = softmax(scores / T)):
+    log q(z|x) - log sum_c p_c N(z; mode c); zero-probability modes drop out."""
+    prior = GaussianMixturePrior(z_dim=1, n_modes=3)
+    with torch.no_grad():
+        prior.means.copy_(torch.tensor([[-1.0], [2.0], [0.2]]))
+        prior.logvars.zero_()
+    mu, logvar, z = torch.tensor([[0.5]]), torch.tensor([[0.0]]), torch.tensor([[0.1]])
+
+    def npdf(v, m):
+        return math.exp(-0.5 * (v - m) ** 2) / math.sqrt(2 * math.pi)
+
+    probs = torch.tensor([[0.3, 0.7, 0.0]])
+    log_q = math.log(npdf(0.1, 0.5))
+    log_p = math.log(0.3 * npdf(0.1, -1.0) + 0.7 * npdf(0.1, 2.0))
+    kl = prior.kl(mu, logvar, z, probs=probs).item()
+    assert kl == pytest.approx(log_q - log_p, rel=1e-5)
+    # one-hot probabilities give the labelled estimate
+    one_hot = prior.kl(mu, logvar, z, probs=torch.tensor([[0.0, 1.0, 0.0]]))
+    assert torch.allclose(one_hot, prior.kl(mu, logvar, z, torch.tensor([1])))
+    with pytest.raises(ValueError, match="not both"):
+        prior.kl(mu, logvar, z, torch.tensor([1]), probs)
+
+
+def test_gmm_logvars_start_as_standard_normal_draws():
+    """Reference: z_class_logvars.data.normal_() (not zeros)."""
+    torch.manual_seed(0)
+    prior = GaussianMixturePrior(z_dim=100, n_modes=10)
+    lv = prior.logvars.detach()
+    assert abs(float(lv.mean())) < 0.1 and abs(float(lv.std()) - 1.0) < 0.1
+    zero = GaussianMixturePrior(z_dim=4, n_modes=2, logvar_init="zero")
+    assert torch.equal(zero.logvars.detach(), torch.zeros(2, 4))
+
+
+def test_logvar_layer_has_no_bias_by_default():
+    """Reference: fc_layer_split builds the logvar layer with bias=False."""
+    assert ReplayVAE(input_size=8, hidden_sizes=(4,), z_dim=2).to_logvar.bias is None
+    vae = ReplayVAE(input_size=8, hidden_sizes=(4,), z_dim=2, logvar_bias=True)
+    assert vae.to_logvar.bias is not None
 
 
 def test_gmm_kl_without_class_is_single_sample_estimate_against_mixture():
@@ -98,10 +154,24 @@ def test_gmm_prior_samples_from_the_asked_modes():
 
 
 # -- gates ----------------------------------------------------------------------------------
-def test_gates_keep_exact_proportion_and_are_fixed_per_context():
-    gates = ContextGates(n_contexts=10, widths=(400, 50), keep=0.8)
+def test_gates_switch_off_gate_prop_of_the_units_bernoulli_by_default():
+    """Reference (models/fc/layers.py fc_layer_fixed_gates): each unit is gated OFF
+    with probability dg_prop = 0.8 (np.random.choice([0, 1], p=[prop, 1 - prop])),
+    so about 20% of each layer's units are open for a class."""
+    torch.manual_seed(0)
+    gates = ContextGates(n_contexts=10, widths=(400, 400), gate_prop=0.8)
+    for layer in (0, 1):
+        m = gates.mask(layer)
+        assert set(m.unique().tolist()) <= {0.0, 1.0}
+        assert abs(float(m.mean()) - 0.2) < 0.02  # fraction of OPEN units
+    counts = gates.mask(0).sum(1)
+    assert len(set(counts.tolist())) > 1  # Bernoulli draws: counts vary per class
+
+
+def test_exact_gates_gate_off_an_exact_count_and_are_fixed_per_context():
+    gates = ContextGates(n_contexts=10, widths=(400, 50), gate_prop=0.8, masks="exact")
     m0, m1 = gates.mask(0), gates.mask(1)
-    assert torch.all(m0.sum(1) == 320) and torch.all(m1.sum(1) == 40)
+    assert torch.all(m0.sum(1) == 80) and torch.all(m1.sum(1) == 10)
     assert not torch.equal(m0[0], m0[1])  # different classes, different masks
     h = torch.ones(3, 400)
     out1 = gates(h, 0, torch.tensor([4, 4, 7]))
@@ -112,17 +182,36 @@ def test_gates_keep_exact_proportion_and_are_fixed_per_context():
         gates(h, 0, torch.tensor([1, 2, 10]))
 
 
-@pytest.mark.parametrize("keep", [0.0, -0.1, 1.5, float("nan")])
-def test_gate_keep_outside_unit_interval_is_refused(keep):
-    with pytest.raises(ValueError, match="keep"):
-        ContextGates(n_contexts=2, widths=(4,), keep=keep)
+def test_soft_gate_context_blends_the_masks():
+    """Reference: gate = gate_input @ gate_mask for (batch, classes) soft inputs."""
+    torch.manual_seed(0)
+    gates = ContextGates(n_contexts=3, widths=(20,), gate_prop=0.5)
+    p = torch.tensor([[0.25, 0.75, 0.0], [0.0, 0.0, 1.0]])
+    h = torch.rand(2, 20)
+    m = gates.mask(0)
+    out = gates(h, 0, p)
+    assert torch.allclose(out[0], h[0] * (0.25 * m[0] + 0.75 * m[1]))
+    assert torch.allclose(out[1], gates(h[1:], 0, torch.tensor([2]))[0])
 
 
-def test_gate_keep_of_vae_checked():
-    with pytest.raises(ValueError, match="gate_keep"):
-        ReplayVAE(input_size=4, gate_keep=1.2, gate_contexts=2)
+@pytest.mark.parametrize("prop", [1.0, -0.1, 1.5, float("nan")])
+def test_gate_prop_outside_unit_interval_is_refused(prop):
+    with pytest.raises(ValueError, match="gate_prop"):
+        ContextGates(n_contexts=2, widths=(4,), gate_prop=prop)
+
+
+def test_gate_prop_of_vae_checked():
+    with pytest.raises(ValueError, match="gate_prop"):
+        ReplayVAE(input_size=4, gate_prop=1.2, gate_contexts=2)
     with pytest.raises(ValueError, match="gate_contexts"):
-        ReplayVAE(input_size=4, gate_keep=0.8)
+        ReplayVAE(input_size=4, gate_prop=0.8)
+
+
+def test_vae_decoder_gates_leave_about_a_fifth_of_units_open():
+    torch.manual_seed(0)
+    vae = ReplayVAE(input_size=784, num_classes=10, gate_prop=0.8, gate_contexts=10)
+    for layer in (0, 1):
+        assert abs(float(vae.gates.mask(layer).mean()) - 0.2) < 0.02
 
 
 def test_gates_and_modes_are_restored_from_a_checkpoint(tmp_path):
@@ -133,7 +222,7 @@ def test_gates_and_modes_are_restored_from_a_checkpoint(tmp_path):
         z_dim=4,
         num_classes=10,
         prior="gmm",
-        gate_keep=0.8,
+        gate_prop=0.8,
         gate_contexts=10,
     )
     torch.save(a.state_dict(), tmp_path / "vae.pt")
@@ -144,7 +233,7 @@ def test_gates_and_modes_are_restored_from_a_checkpoint(tmp_path):
         z_dim=4,
         num_classes=10,
         prior="gmm",
-        gate_keep=0.8,
+        gate_prop=0.8,
         gate_contexts=10,
     )
     assert not torch.equal(a.gates.mask(0), b.gates.mask(0))
@@ -160,7 +249,7 @@ def test_gates_and_modes_are_restored_from_a_checkpoint(tmp_path):
 def test_decoder_gate_really_switches_units_off():
     torch.manual_seed(0)
     vae = ReplayVAE(
-        input_size=16, hidden_sizes=(20,), z_dim=3, gate_keep=0.5, gate_contexts=2
+        input_size=16, hidden_sizes=(20,), z_dim=3, gate_prop=0.5, gate_contexts=2
     )
     seen = {}
     vae.decoder[0].register_forward_hook(lambda m, i, o: seen.update(pre=o))
@@ -230,7 +319,7 @@ def test_conditional_generation_gives_the_asked_class():
         z_dim=10,
         num_classes=10,
         prior="gmm",
-        gate_keep=0.8,
+        gate_prop=0.8,
         gate_contexts=10,
         output_shape=(1, 8, 8),
     )
@@ -261,10 +350,23 @@ def test_cifar_front_end_shapes_on_synthetic_tensors():
         front(torch.rand(2, 1, 32, 32))
 
 
+def test_front_end_last_layer_is_a_plain_convolution():
+    """Reference (ConvLayers with output="none"): the last conv layer has neither
+    batch norm nor a non-linearity, so its features can be negative."""
+    torch.manual_seed(0)
+    for front in (small_front_end(), cifar_front_end()):
+        last = list(front.layers)[-1]
+        assert isinstance(last, torch.nn.Conv2d) and last.bias is not None
+    front = small_front_end()
+    assert float(front(torch.rand(4, 1, 28, 28)).min()) < 0
+    old = small_front_end(plain_last=False)
+    assert isinstance(list(old.layers)[-1], torch.nn.ReLU)
+
+
 def test_pretrained_front_end_is_frozen_and_stays_in_eval_mode():
     torch.manual_seed(0)
     x, y = digits()
-    front = ConvFrontEnd(in_channels=1, channels=(8,), strides=(2,))
+    front = ConvFrontEnd(in_channels=1, channels=(8, 8), strides=(2, 1))
     frozen = pretrain_front_end(front, x, y, iterations=60, batch_size=64, lr=3e-3)
     assert isinstance(frozen, Frozen)
     assert all(not p.requires_grad for p in frozen.parameters())

@@ -5,7 +5,9 @@ layers, pre-trained on other data and then frozen, in front of the VAE: the VAE
 encodes, generates and replays their hidden activations instead of pixels.
 
 - :class:`ConvFrontEnd`: ``[conv 3x3, (batch norm), ReLU]`` blocks with given channels
-  and strides;
+  and strides; as in the paper's code (``ConvLayers(output="none")``), the last block
+  is a plain convolution without batch norm or ReLU (``plain_last=True``; ``False``
+  ends in batch norm + ReLU like the other blocks);
 - :func:`cifar_front_end`: the paper's CIFAR-100 protocol, 5 conv layers with 16, 32,
   64, 128, 256 channels (batch norm, the last four with stride 2), which turns a
   3x32x32 image into 256x2x2 = 1,024 features (pre-trained on CIFAR-10 in the paper);
@@ -36,6 +38,10 @@ class ConvFrontEnd(nn.Module):
     :param channels: output channels of each block.
     :param strides: stride of each block (same length as ``channels``).
     :param batch_norm: add batch norm after each convolution.
+    :param plain_last: the last block is a convolution (with bias) only, no batch
+        norm and no ReLU, as the paper's code builds its internal-replay conv layers
+        (its features can be negative; the VAE reconstructs them with a squared
+        error). False: the last block is like the others.
     """
 
     def __init__(
@@ -44,6 +50,7 @@ class ConvFrontEnd(nn.Module):
         channels: Sequence[int] = (16, 32),
         strides: Sequence[int] = (2, 2),
         batch_norm: bool = True,
+        plain_last: bool = True,
     ):
         super().__init__()
         check_positive("in_channels", in_channels, integer=True)
@@ -54,14 +61,16 @@ class ConvFrontEnd(nn.Module):
             )
         layers: list = []
         c_in = in_channels
-        for c_out, s in zip(channels, strides):
-            layers.append(
-                nn.Conv2d(c_in, c_out, 3, stride=s, padding=1, bias=not batch_norm)
-            )
-            if batch_norm:
+        for i, (c_out, s) in enumerate(zip(channels, strides)):
+            plain = plain_last and i == len(channels) - 1
+            bn = batch_norm and not plain
+            layers.append(nn.Conv2d(c_in, c_out, 3, stride=s, padding=1, bias=not bn))
+            if bn:
                 layers.append(nn.BatchNorm2d(c_out))
-            layers.append(nn.ReLU())
+            if not plain:
+                layers.append(nn.ReLU())
             c_in = c_out
+        self.plain_last = bool(plain_last)
         self.in_channels = in_channels
         self.layers = nn.Sequential(*layers)
 
@@ -89,20 +98,27 @@ def _device(module: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def cifar_front_end() -> ConvFrontEnd:
-    """The CIFAR-100 protocol's 5 conv layers (3x32x32 -> 256x2x2 = 1,024 features)."""
+def cifar_front_end(plain_last: bool = True) -> ConvFrontEnd:
+    """The CIFAR-100 protocol's 5 conv layers (3x32x32 -> 256x2x2 = 1,024 features);
+    the last one without batch norm or ReLU (``plain_last``, the paper's code)."""
     return ConvFrontEnd(
         in_channels=3,
         channels=(16, 32, 64, 128, 256),
         strides=(1, 2, 2, 2, 2),
         batch_norm=True,
+        plain_last=plain_last,
     )
 
 
-def small_front_end(in_channels: int = 1) -> ConvFrontEnd:
-    """Two conv layers for 28x28 images (16 and 32 channels, stride 2: 32x7x7 = 1,568)."""
+def small_front_end(in_channels: int = 1, plain_last: bool = True) -> ConvFrontEnd:
+    """Two conv layers for 28x28 images (16 and 32 channels, stride 2: 32x7x7 = 1,568);
+    the last one without batch norm or ReLU (``plain_last``, the paper's code)."""
     return ConvFrontEnd(
-        in_channels=in_channels, channels=(16, 32), strides=(2, 2), batch_norm=True
+        in_channels=in_channels,
+        channels=(16, 32),
+        strides=(2, 2),
+        batch_norm=True,
+        plain_last=plain_last,
     )
 
 

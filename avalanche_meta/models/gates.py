@@ -1,18 +1,34 @@
 """Fixed random binary gates on hidden units, one mask per context (class or task).
 
 Two methods of the brain-inspired replay paper (van de Ven, Siegelmann & Tolias,
-Nat. Commun. 2020) switch hidden units on or off depending on a context:
+Nat. Commun. 2020) switch hidden units off depending on a context:
 
 - *gating based on internal context* (BI-R): each hidden layer of the VAE's decoder
-  has, per class (or per task), a fixed random mask that keeps a proportion of its
-  units; generating a class uses that class's mask;
+  has, per class (or per task), a fixed random mask that **switches off** a
+  proportion ``gate_prop`` of its units (paper: 0.8 on MNIST, so about 20% of the
+  units stay active for a class); generating a class uses that class's mask;
 - *XdG* (Masse et al., PNAS 2018), the Task-IL baseline: each hidden layer of the
-  classifier has, per task, a fixed random mask.
+  classifier has, per task, a fixed random mask (proportion gated: 0.9 on split
+  MNIST).
 
-Both are :class:`ContextGates`: the masks are drawn once, at construction, and kept
-as buffers, so ``state_dict`` and checkpoints carry them (the reference code of the
-paper draws them at construction too but does not save them, so a reloaded model got
-new gates).
+Both are :class:`ContextGates`. ``gate_prop`` is always the proportion of units
+**gated off**, as the paper's ``dg_prop`` and ``xdg_prop`` are. How the masks are
+drawn follows the paper's code:
+
+- ``masks="bernoulli"`` (default; the reference's decoder gates): every unit of every
+  context is gated off independently with probability ``gate_prop``, so the number of
+  open units varies around ``(1 - gate_prop) * width``;
+- ``masks="exact"`` (the reference's XdG): exactly ``int(gate_prop * width)`` units,
+  chosen uniformly without replacement, are gated off per context.
+
+The masks are drawn once, at construction, and kept as buffers, so ``state_dict`` and
+checkpoints carry them (the paper's code draws them at construction too but does not
+save them, so a reloaded model got new gates).
+
+A context is either an integer id per sample (its mask is used) or, as the
+reference does for replayed samples with distillation, a row of weights over the
+contexts per sample: the gate is then the weighted blend ``weights @ masks``
+(values in [0, 1]).
 """
 
 from __future__ import annotations
@@ -22,25 +38,35 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from avalanche_meta.utils.validation import check_in_interval, check_positive
+from avalanche_meta.utils.validation import (
+    check_choice,
+    check_in_interval,
+    check_positive,
+)
+
+#: How the masks can be drawn (see the module docstring).
+MASK_MODES = ("bernoulli", "exact")
 
 
 class ContextGates(nn.Module):
     """One fixed random binary mask per context for each of several hidden layers.
 
-    Invariant: for every context ``c`` and layer ``i``, ``mask(i)[c]`` has exactly
-    ``round(keep * widths[i])`` ones (at least one), chosen uniformly at random when
-    the gates are built, and never changes afterwards.
+    Invariant: the masks never change after construction. With
+    ``masks="exact"``, ``mask(i)[c]`` has exactly ``width - int(gate_prop * width)``
+    ones; with ``masks="bernoulli"`` each entry is 0 with probability ``gate_prop``.
 
     :param n_contexts: number of contexts (classes or tasks).
     :param widths: the width of each gated hidden layer.
-    :param keep: proportion of units kept open per context, in (0, 1].
+    :param gate_prop: proportion of hidden units **switched off** per context, in
+        [0, 1) (paper: 0.8 for BI-R's decoder on MNIST, 0.9 for XdG on split MNIST).
+    :param masks: ``"bernoulli"`` (independent draws, the reference's decoder gates)
+        or ``"exact"`` (an exact count, the reference's XdG).
     :param generator: optional ``torch.Generator`` to draw the masks from (default:
         torch's global generator, so seeding torch fixes the gates).
 
     Example::
 
-        gates = ContextGates(n_contexts=10, widths=(400, 400), keep=0.8)
+        gates = ContextGates(n_contexts=10, widths=(400, 400), gate_prop=0.8)
         h = gates(h, layer=0, context=y)  # h * mask of each sample's class
     """
 
@@ -48,30 +74,38 @@ class ContextGates(nn.Module):
         self,
         n_contexts: int,
         widths: Sequence[int],
-        keep: float,
+        gate_prop: float,
+        masks: str = "bernoulli",
         generator: Optional[torch.Generator] = None,
     ):
         super().__init__()
         check_positive("n_contexts", n_contexts, integer=True)
         check_in_interval(
-            "keep",
-            keep,
+            "gate_prop",
+            gate_prop,
             0.0,
             1.0,
-            low_open=True,
-            hint="It is the proportion of hidden units each context keeps open.",
+            high_open=True,
+            hint="It is the proportion of hidden units each context switches OFF "
+            "(paper: 0.8 for BI-R's decoder gates on MNIST).",
         )
+        check_choice("masks", masks, MASK_MODES)
         self.n_contexts = n_contexts
         self.widths = tuple(int(w) for w in widths)
-        self.keep = float(keep)
+        self.gate_prop = float(gate_prop)
+        self.mask_mode = masks
         for i, width in enumerate(self.widths):
             check_positive(f"widths[{i}]", width, integer=True)
-            n_open = max(1, int(round(self.keep * width)))
-            masks = torch.zeros(n_contexts, width)
-            for c in range(n_contexts):
-                idx = torch.randperm(width, generator=generator)[:n_open]
-                masks[c, idx] = 1.0
-            self.register_buffer(f"mask_{i}", masks)
+            if masks == "bernoulli":
+                draws = torch.rand(n_contexts, width, generator=generator)
+                m = (draws >= self.gate_prop).float()
+            else:
+                n_off = int(self.gate_prop * width)
+                m = torch.ones(n_contexts, width)
+                for c in range(n_contexts):
+                    idx = torch.randperm(width, generator=generator)[:n_off]
+                    m[c, idx] = 0.0
+            self.register_buffer(f"mask_{i}", m)
 
     def mask(self, layer: int) -> Tensor:
         """The ``(n_contexts, width)`` masks of hidden layer ``layer``."""
@@ -82,9 +116,19 @@ class ContextGates(nn.Module):
 
         :param h: ``(batch, width)`` activations of hidden layer ``layer``.
         :param layer: which gated layer.
-        :param context: ``(batch,)`` integer contexts (class or task ids).
+        :param context: ``(batch,)`` integer contexts (class or task ids), or
+            ``(batch, n_contexts)`` weights: each row's gate is then the blend
+            ``weights @ masks``.
         """
-        context = torch.as_tensor(context, device=h.device).long().flatten()
+        context = torch.as_tensor(context, device=h.device)
+        if context.dim() == 2 and context.is_floating_point():
+            if context.shape != (h.shape[0], self.n_contexts):
+                raise ValueError(
+                    f"soft gate contexts must have shape (batch, n_contexts) = "
+                    f"({h.shape[0]}, {self.n_contexts}), got {tuple(context.shape)}."
+                )
+            return h * (context.to(h.dtype) @ self.mask(layer))
+        context = context.long().flatten()
         if context.numel() != h.shape[0]:
             raise ValueError(
                 f"`context` has {context.numel()} entries for a batch of {h.shape[0]}."
@@ -100,4 +144,7 @@ class ContextGates(nn.Module):
         return h * self.mask(layer)[context]
 
     def extra_repr(self) -> str:
-        return f"n_contexts={self.n_contexts}, widths={self.widths}, keep={self.keep}"
+        return (
+            f"n_contexts={self.n_contexts}, widths={self.widths}, "
+            f"gate_prop={self.gate_prop}, masks={self.mask_mode!r}"
+        )

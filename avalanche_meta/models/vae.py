@@ -10,8 +10,9 @@ paper's switches:
   learned mode per class (``prior="gmm"``): *conditional replay*, classes can be
   generated on demand;
 - fixed random binary gates on the decoder's hidden layers, one mask per class or per
-  task (``gate_keep=0.8, gate_contexts=..., gate_by="class" | "task"``): *gating based
-  on internal context*; the masks are buffers, saved in ``state_dict``;
+  task (``gate_prop=0.8, gate_contexts=..., gate_by="class" | "task"``): *gating based
+  on internal context*; ``gate_prop`` is the proportion of units switched **off** per
+  context (the paper's ``dg_prop``); the masks are buffers, saved in ``state_dict``;
 - a reconstruction loss that is binary cross-entropy on pixels in [0, 1]
   (``recon="bce"``) or squared error (``recon="mse"``), the latter for *internal replay*
   where the VAE models the hidden activations of a frozen feature extractor (the
@@ -26,6 +27,10 @@ is on the scale of the classification loss.
 
 The squared-error reconstruction is the negative log-likelihood of a unit-variance
 Gaussian without its constant, ``0.5 * ||x - x_hat||^2``.
+
+As in the paper's code, the layer that gives ``logvar`` has no bias
+(``logvar_bias=False``; ``True`` adds one), and the Gaussian-mixture prior's
+log-variances start as N(0, 1) draws (see :class:`GaussianMixturePrior`).
 
 :class:`ReplayVAE` implements Avalanche's
 :class:`avalanche.models.generator.Generator` interface,
@@ -89,8 +94,16 @@ class StandardNormalPrior(nn.Module):
         self.z_dim = z_dim
         self.register_buffer("_anchor", torch.zeros(0))  # gives the prior a device
 
-    def kl(self, mu: Tensor, logvar: Tensor, z: Tensor, y: Optional[Tensor] = None):
-        """Closed-form KL term per sample (``z`` and ``y`` are not used)."""
+    def kl(
+        self,
+        mu: Tensor,
+        logvar: Tensor,
+        z: Tensor,
+        y: Optional[Tensor] = None,
+        probs: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Closed-form KL term per sample (``z``, ``y`` and ``probs`` are not used;
+        the paper's code computes it in closed form too)."""
         return kl_standard_normal(mu, logvar)
 
     def sample(self, n: int, modes: Optional[Tensor] = None) -> Tensor:
@@ -102,27 +115,52 @@ class GaussianMixturePrior(nn.Module):
     """A Gaussian mixture prior with one learned diagonal mode per class (conditional replay).
 
     ``p(z | y) = N(means[y], diag(exp(logvars[y])))`` and ``p(z)`` is the uniform
-    mixture of the modes. Means start as standard normal draws, log-variances at 0.
+    mixture of the modes. Means start as standard normal draws; log-variances too
+    (``logvar_init="normal"``, as in the paper's code) or at 0 (``"zero"``).
 
-    The KL term of a sample whose class ``y`` is known is computed in **closed form**
-    against its class's mode, ``KL(q(z|x) || p(z|y))``; without a class it is the
-    single-sample **Monte-Carlo** estimate ``log q(z|x) - log p(z)`` against the
-    whole mixture. The paper's code uses the Monte-Carlo form in both cases (and, for
-    replayed samples, a mixture weighted by the previous model's soft predictions);
-    here a replayed sample's class is the class it was generated from, which is
-    known exactly, so the closed form applies (same expectation, no sampling noise).
+    The KL term of a sample is ``log q(z|x) - log p(z | class)``:
+
+    - with a known class ``y`` (real data; replayed data with
+      ``replay_identity="generated"`` or hard labels), against that class's mode:
+      ``kl="sample"`` (default, the paper's code) uses the single-sample Monte-Carlo
+      estimate with the reparameterised ``z``; ``kl="closed"`` the closed form
+      ``KL(q(z|x) || p(z|y))`` (same expectation, no sampling noise);
+    - with class probabilities ``probs`` (replayed data with distillation, as in the
+      paper's code), against the mixture of modes weighted by ``probs``:
+      ``log q(z|x) - log sum_c probs_c N(z; mode c)``, always Monte-Carlo (a mixture
+      has no closed-form KL). Modes with probability 0 are left out exactly (the
+      paper's code adds ``1e-40`` inside the log instead; the same value unless
+      every weighted density underflows);
+    - with neither, against the uniform mixture of all modes (Monte-Carlo).
 
     :param z_dim: size of the latent space.
     :param n_modes: number of modes (classes).
+    :param logvar_init: ``"normal"`` (log-variances drawn from N(0, 1), the paper's
+        code) or ``"zero"`` (unit variances).
+    :param kl: ``"sample"`` (Monte-Carlo, the paper's code) or ``"closed"`` (closed
+        form for a known class).
     """
 
-    def __init__(self, z_dim: int, n_modes: int):
+    def __init__(
+        self,
+        z_dim: int,
+        n_modes: int,
+        logvar_init: str = "normal",
+        kl: str = "sample",
+    ):
         super().__init__()
         check_positive("n_modes", n_modes, integer=True)
+        check_choice("logvar_init", logvar_init, ("normal", "zero"))
+        check_choice("kl", kl, ("sample", "closed"))
         self.z_dim = z_dim
         self.n_modes = n_modes
+        self.kl_estimator = kl
         self.means = nn.Parameter(torch.randn(n_modes, z_dim))
-        self.logvars = nn.Parameter(torch.zeros(n_modes, z_dim))
+        self.logvars = nn.Parameter(
+            torch.randn(n_modes, z_dim)
+            if logvar_init == "normal"
+            else torch.zeros(n_modes, z_dim)
+        )
 
     def _check_modes(self, y: Tensor) -> Tensor:
         y = y.to(self.means.device).long().flatten()
@@ -133,19 +171,48 @@ class GaussianMixturePrior(nn.Module):
             )
         return y
 
-    def log_prob(self, z: Tensor) -> Tensor:
-        """``log p(z)`` under the uniform mixture, per sample."""
-        per_mode = log_normal_diag(
+    def _log_prob_modes(self, z: Tensor) -> Tensor:
+        """``log N(z; mode c)`` for every sample and mode, ``(batch, n_modes)``."""
+        return log_normal_diag(
             z.unsqueeze(1), self.means.unsqueeze(0), self.logvars.unsqueeze(0)
         )
-        return torch.logsumexp(per_mode, dim=1) - math.log(self.n_modes)
 
-    def kl(self, mu: Tensor, logvar: Tensor, z: Tensor, y: Optional[Tensor] = None):
-        """KL term per sample: closed form given ``y``, Monte-Carlo (with ``z``) without."""
+    def log_prob(self, z: Tensor, probs: Optional[Tensor] = None) -> Tensor:
+        """``log p(z)`` per sample: the uniform mixture, or the mixture weighted by
+        ``probs`` (``(batch, n_modes)``, rows summing to 1)."""
+        per_mode = self._log_prob_modes(z)
+        if probs is None:
+            return torch.logsumexp(per_mode, dim=1) - math.log(self.n_modes)
+        if probs.shape != per_mode.shape:
+            raise ValueError(
+                f"`probs` must have shape (batch, n_modes) = {tuple(per_mode.shape)}, "
+                f"got {tuple(probs.shape)}."
+            )
+        probs = probs.to(per_mode.dtype)
+        log_w = torch.where(
+            probs > 0, probs.clamp_min(1e-45).log(), torch.full_like(probs, -math.inf)
+        )
+        return torch.logsumexp(per_mode + log_w, dim=1)
+
+    def kl(
+        self,
+        mu: Tensor,
+        logvar: Tensor,
+        z: Tensor,
+        y: Optional[Tensor] = None,
+        probs: Optional[Tensor] = None,
+    ) -> Tensor:
+        """KL term per sample (see the class docstring for the cases)."""
+        if y is not None and probs is not None:
+            raise ValueError("give the class `y` or the class `probs`, not both.")
         if y is None:
-            return log_normal_diag(z, mu, logvar) - self.log_prob(z)
+            return log_normal_diag(z, mu, logvar) - self.log_prob(z, probs)
         y = self._check_modes(y)
-        return kl_diag_gaussians(mu, logvar, self.means[y], self.logvars[y])
+        if self.kl_estimator == "closed":
+            return kl_diag_gaussians(mu, logvar, self.means[y], self.logvars[y])
+        return log_normal_diag(z, mu, logvar) - log_normal_diag(
+            z, self.means[y], self.logvars[y]
+        )
 
     def sample(self, n: int, modes: Optional[Tensor] = None) -> Tensor:
         """``n`` latent vectors from the given modes (default: uniformly drawn modes)."""
@@ -190,18 +257,29 @@ class ReplayVAE(Generator, nn.Module):
         only, as in deep generative replay).
     :param prior: ``"standard"`` or ``"gmm"`` (one learned mode per class).
     :param n_modes: modes of the ``"gmm"`` prior (default ``num_classes``).
-    :param gate_keep: proportion of decoder hidden units each context keeps, in
-        (0, 1]; 0 turns gating off (paper: 0.8 on MNIST).
+    :param gate_prop: proportion of decoder hidden units each context switches
+        **off**, in [0, 1); 0 turns gating off (paper's ``dg_prop``: 0.8 on MNIST,
+        so about 20% of the units are active for a class).
     :param gate_contexts: number of gate contexts (classes, or tasks).
+    :param gate_masks: ``"bernoulli"`` (each unit gated independently with
+        probability ``gate_prop``, the paper's code) or ``"exact"`` (exactly
+        ``int(gate_prop * width)`` units gated per context); see
+        :class:`~avalanche_meta.models.gates.ContextGates`.
     :param gate_by: ``"class"`` (Task-IL, Class-IL) or ``"task"`` (Domain-IL).
     :param recon: ``"bce"`` (pixels in [0, 1]) or ``"mse"`` (hidden activations).
     :param output_shape: the shape of one sample (default ``(input_size,)``);
         :meth:`generate` reshapes to it.
+    :param logvar_bias: give the ``logvar`` layer a bias (the paper's code has none).
+    :param prior_logvar_init: ``"normal"`` (paper's code) or ``"zero"``: initial
+        log-variances of the ``"gmm"`` prior's modes.
+    :param kl: ``"sample"`` (Monte-Carlo, paper's code) or ``"closed"``: the
+        ``"gmm"`` prior's KL estimate for a known class (the standard prior's KL is
+        always in closed form, as in the paper's code).
 
     Example::
 
         vae = ReplayVAE(input_size=784, num_classes=10, prior="gmm",
-                        gate_keep=0.8, gate_contexts=10, output_shape=(1, 28, 28))
+                        gate_prop=0.8, gate_contexts=10, output_shape=(1, 28, 28))
         images = vae.generate(16, condition=3)   # sixteen 3s
     """
 
@@ -214,11 +292,15 @@ class ReplayVAE(Generator, nn.Module):
         num_classes: Optional[int] = None,
         prior: str = "standard",
         n_modes: Optional[int] = None,
-        gate_keep: float = 0.0,
+        gate_prop: float = 0.0,
         gate_contexts: int = 0,
         gate_by: str = "class",
         recon: str = "bce",
         output_shape: Optional[Sequence[int]] = None,
+        gate_masks: str = "bernoulli",
+        logvar_bias: bool = False,
+        prior_logvar_init: str = "normal",
+        kl: str = "sample",
     ):
         nn.Module.__init__(self)
         check_positive("input_size", input_size, integer=True)
@@ -232,22 +314,21 @@ class ReplayVAE(Generator, nn.Module):
         check_choice("prior", prior, ("standard", "gmm"))
         check_choice("recon", recon, ("bce", "mse"))
         check_choice("gate_by", gate_by, ("class", "task"))
-        check_non_negative("gate_keep", gate_keep)
-        if gate_keep:
-            check_in_interval(
-                "gate_keep",
-                gate_keep,
-                0.0,
-                1.0,
-                low_open=True,
-                hint="Use 0 to turn the decoder gates off.",
+        check_in_interval(
+            "gate_prop",
+            gate_prop,
+            0.0,
+            1.0,
+            high_open=True,
+            hint="It is the proportion of decoder units gated OFF per context "
+            "(paper: 0.8); use 0 to turn the decoder gates off.",
+        )
+        if gate_prop and not gate_contexts:
+            raise ValueError(
+                "`gate_contexts` must be > 0 when the decoder gates are on "
+                "(`gate_prop` > 0): the number of classes (gate_by='class') or "
+                "tasks (gate_by='task')."
             )
-            if not gate_contexts:
-                raise ValueError(
-                    "`gate_contexts` must be > 0 when the decoder gates are on "
-                    "(`gate_keep` > 0): the number of classes (gate_by='class') or "
-                    "tasks (gate_by='task')."
-                )
         self.input_size = int(input_size)
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
         self.z_dim = int(z_dim)
@@ -265,7 +346,7 @@ class ReplayVAE(Generator, nn.Module):
         self.encoder = _mlp((self.input_size,) + self.hidden_sizes)
         width = self.hidden_sizes[-1]
         self.to_mu = nn.Linear(width, self.z_dim)
-        self.to_logvar = nn.Linear(width, self.z_dim)
+        self.to_logvar = nn.Linear(width, self.z_dim, bias=bool(logvar_bias))
         self.classifier = (
             nn.Linear(width, num_classes) if num_classes is not None else None
         )
@@ -280,11 +361,15 @@ class ReplayVAE(Generator, nn.Module):
                     "prior='gmm' needs one mode per class: give `num_classes` or "
                     "`n_modes`."
                 )
-            self.prior = GaussianMixturePrior(self.z_dim, n_modes)
+            self.prior = GaussianMixturePrior(
+                self.z_dim, n_modes, logvar_init=prior_logvar_init, kl=kl
+            )
         else:
             self.prior = StandardNormalPrior(self.z_dim)
         self.gates = (
-            ContextGates(gate_contexts, dec_sizes[1:], gate_keep) if gate_keep else None
+            ContextGates(gate_contexts, dec_sizes[1:], gate_prop, masks=gate_masks)
+            if gate_prop
+            else None
         )
 
     # -- properties ---------------------------------------------------------------------
@@ -337,7 +422,8 @@ class ReplayVAE(Generator, nn.Module):
 
     # -- decoder ------------------------------------------------------------------------
     def decode(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        """Flat reconstruction of ``z``; ``context`` (class or task ids) selects the gates."""
+        """Flat reconstruction of ``z``; ``context`` (class or task ids, or
+        ``(batch, gate_contexts)`` weights that blend the masks) selects the gates."""
         out = self._decode_raw(z, context)
         return torch.sigmoid(out) if self.recon_type == "bce" else out
 
@@ -372,18 +458,29 @@ class ReplayVAE(Generator, nn.Module):
         x: Tensor,
         y: Optional[Tensor] = None,
         context: Optional[Tensor] = None,
+        class_probs: Optional[Tensor] = None,
     ) -> VAEOutput:
         """One pass through encoder, classifier and decoder, with per-sample losses.
 
         :param x: inputs (any shape with ``input_size`` features per sample).
-        :param y: class ids; selects the prior's mode (conditional prior) and, with
-            ``gate_by="class"``, the gates. Required by a gated ``"class"`` decoder.
+        :param y: class ids; select the prior's mode (conditional prior) and, with
+            ``gate_by="class"``, the gates.
         :param context: task ids for ``gate_by="task"`` gates.
+        :param class_probs: instead of ``y``, ``(batch, num_classes)`` class
+            probabilities (the paper's code uses the previous model's soft
+            predictions for replayed samples): ``"class"`` gates are the blend of
+            the class masks weighted by them, and the conditional prior's KL term
+            is against the mixture of modes weighted by them.
         """
+        if y is not None and class_probs is not None:
+            raise ValueError("give the class ids `y` or `class_probs`, not both.")
         hidden, mu, logvar = self.encode(x)
         logits = self.classifier(hidden) if self.classifier is not None else None
         z = self.reparameterize(mu, logvar)
-        gate_ctx = y if self.gate_by == "class" else context
+        if self.gate_by == "class":
+            gate_ctx = class_probs if class_probs is not None else y
+        else:
+            gate_ctx = context
         raw = self._decode_raw(z, gate_ctx)
         if self.recon_type == "bce":
             # from the logits: same value as BCE on the sigmoid, stable when saturated
@@ -394,7 +491,10 @@ class ReplayVAE(Generator, nn.Module):
         else:
             x_recon = raw
             recon = self.reconstruction_loss(x, x_recon)
-        kl = self.prior.kl(mu, logvar, z, y if self.conditional else None)
+        if self.conditional:
+            kl = self.prior.kl(mu, logvar, z, y, class_probs)
+        else:
+            kl = self.prior.kl(mu, logvar, z)
         generation = (recon + kl) / self.input_size
         return VAEOutput(hidden, logits, mu, logvar, z, x_recon, recon, kl, generation)
 

@@ -3,10 +3,12 @@
 The Task-IL baseline of the brain-inspired replay paper: each hidden layer of the
 network gets, for every task, a fixed random binary mask that switches off a
 proportion ``gating_prop`` of its units (the paper uses 0.9 on split MNIST: 90% of
-the units of each hidden layer are gated off for a task, 10% stay on; in van de Ven's
-code the option is the proportion of units *gated*, which is how we read SPEC's
-"proportion 0.9"). The mask is chosen with the task label, so XdG needs task labels
-at test time: it is a Task-IL method only and refuses other scenarios.
+the units of each hidden layer are gated off for a task, 10% stay on). As in van de
+Ven's code (``define_XdGmask``: ``xdg_prop`` is the proportion of units *gated*,
+exactly ``int(xdg_prop * units)`` of them, drawn without replacement), the masks
+have an exact count (:class:`ContextGates` with ``masks="exact"``). The mask is
+chosen with the task label, so XdG needs task labels at test time: it is a Task-IL
+method only and refuses other scenarios.
 
 It works on any MLP: forward hooks multiply the outputs of the hidden ``nn.Linear``
 layers (by default every ``nn.Linear`` except the output layer, or those outside an
@@ -102,7 +104,8 @@ class XdG(SupervisedPlugin):
         self.gates = ContextGates(
             n_tasks,
             [modules[n].out_features for n in names],
-            keep=1.0 - self.gating_prop,
+            gate_prop=self.gating_prop,
+            masks="exact",
         ).to(device)
         self._tasks: Optional[Tensor] = None
         self._trained_tasks: set = set()

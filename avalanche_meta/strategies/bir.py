@@ -10,8 +10,9 @@ switch                 what it does
                        generator with its own optimizer (deep generative replay, DGR)
 ``conditional``        the VAE's prior is a Gaussian mixture with one mode per class;
                        replay draws classes uniformly among those seen before
-``gating``             keep proportion of the decoder's per-class (per-task in
-                       Domain-IL) random gates; 0 = off (paper: 0.8)
+``gating``             proportion of the decoder's hidden units switched off by
+                       the per-class (per-task in Domain-IL) random gates; 0 = off
+                       (paper's ``dg_prop``: 0.8 on MNIST, ~20% of units active)
 ``internal``           a frozen, pre-trained feature extractor: the VAE encodes,
                        generates and replays its hidden activations (squared-error
                        reconstruction) instead of pixels
@@ -40,6 +41,15 @@ sample is scored once for every previous task, and the losses averaged); Class-I
 every class seen so far (the previous model's targets put zero probability on the new
 classes); Domain-IL, every unit.
 
+The class identity of a replayed sample (``replay_identity``), used by the class
+gates of the decoder and by the conditional prior's KL term:
+
+- ``"predicted"`` (default, the paper's code): with distillation, the previous
+  model's probabilities at temperature ``T`` (the gate is the blend of the class
+  masks weighted by them, the KL term is against the mixture of modes weighted by
+  them); with hard labels, the previous model's arg-max class;
+- ``"generated"``: the class the sample was generated from (one mask, one mode).
+
 Where this departs from the paper's code, and why:
 
 - batches are drawn with replacement from the experience (the paper's code reshuffles
@@ -50,9 +60,6 @@ Where this departs from the paper's code, and why:
 - conditional Task-IL replay draws every class of the previous tasks uniformly and
   averages the loss over the samples, instead of equal sub-batches per task averaged
   per task (the same expectation);
-- the KL term of a replayed sample uses the class it was generated from (closed form,
-  see :class:`avalanche_meta.models.vae.GaussianMixturePrior`), not a mixture weighted
-  by the previous model's soft predictions;
 - gate and mode selection, masks and memories are saved in ``state_dict`` (the
   paper's code loses the gates on reload);
 - in Domain-IL with per-task gates, the task context is the index of the experience
@@ -88,9 +95,9 @@ from avalanche_meta.models.conv import Frozen
 from avalanche_meta.models.vae import ReplayVAE
 from avalanche_meta.utils.scenario import ActiveUnits, check_scenario
 from avalanche_meta.utils.validation import (
+    check_choice,
     check_finite_loss,
     check_in_interval,
-    check_non_negative,
     check_positive,
 )
 
@@ -158,6 +165,7 @@ def replay_vae(
     hidden_sizes: Sequence[int] = (400, 400),
     z_dim: int = 100,
     output_shape: Optional[Sequence[int]] = None,
+    **vae_kwargs: Any,
 ) -> ReplayVAE:
     """A :class:`ReplayVAE` matching a set of :class:`BrainInspiredReplay` switches.
 
@@ -168,13 +176,17 @@ def replay_vae(
         task, the others per class.
     :param feedback: the VAE carries the classifier (False: a generator only).
     :param conditional: Gaussian-mixture prior with one mode per class.
-    :param gating: keep proportion of the decoder gates (0: off).
+    :param gating: proportion of decoder units gated off per context (0: off;
+        paper: 0.8).
     :param n_tasks: number of tasks (needed for Domain-IL gates).
     :param internal: the VAE models hidden activations (squared-error
         reconstruction, no sigmoid) instead of pixels in [0, 1].
     :param hidden_sizes: encoder widths (the decoder mirrors them).
     :param z_dim: latent size.
     :param output_shape: shape of one sample (for plots and ``generate``).
+    :param vae_kwargs: the remaining switches of :class:`ReplayVAE` (``gate_masks``,
+        ``logvar_bias``, ``prior_logvar_init``, ``kl``); their defaults are the
+        paper's code.
     """
     check_scenario(scenario)
     gate_by = "task" if scenario == "domain" else "class"
@@ -196,11 +208,12 @@ def replay_vae(
         num_classes=num_classes if feedback else None,
         prior="gmm" if conditional else "standard",
         n_modes=num_classes if conditional else None,
-        gate_keep=gating,
+        gate_prop=gating,
         gate_contexts=contexts,
         gate_by=gate_by,
         recon="mse" if internal else "bce",
         output_shape=None if internal else output_shape,
+        **vae_kwargs,
     )
 
 
@@ -239,8 +252,9 @@ class BrainInspiredReplay(SupervisedTemplate):
     :param feedback: replay through feedback (the model is the generator).
     :param conditional: conditional replay (the generator's prior is a mixture with
         one mode per class).
-    :param gating: keep proportion of the generator's decoder gates, in (0, 1]; 0 =
-        off. Must match how the generator was built (see :func:`replay_vae`).
+    :param gating: proportion of the generator's decoder units gated off per
+        context, in [0, 1); 0 = off (paper: 0.8). Must match how the generator was
+        built (see :func:`replay_vae`).
     :param internal: a pre-trained feature extractor (frozen here) for internal
         replay, or None.
     :param distillation: temperature of the soft targets of replayed samples; None or
@@ -252,6 +266,9 @@ class BrainInspiredReplay(SupervisedTemplate):
     :param num_classes: output units of ``model`` (default: read from the model).
     :param train_mb_size: current batch size (paper: 128 on split MNIST, 256 on
         permuted MNIST); the replayed batch has the same size.
+    :param replay_identity: ``"predicted"`` (the paper's code) or ``"generated"``:
+        which class identity of a replayed sample selects the decoder's class gates
+        and the conditional prior's mode(s) (see the module docstring).
 
     The remaining keyword arguments are those of Avalanche's ``SupervisedTemplate``.
     Regularisation plugins (``SynapticIntelligencePlugin``, ``EWCPlugin``) compose:
@@ -274,6 +291,7 @@ class BrainInspiredReplay(SupervisedTemplate):
         generator_optimizer: Optional[Optimizer] = None,
         iterations: int = 2000,
         num_classes: Optional[int] = None,
+        replay_identity: str = "predicted",
         criterion=CrossEntropyLoss(),
         train_mb_size: int = 128,
         eval_mb_size: Optional[int] = 256,
@@ -285,17 +303,16 @@ class BrainInspiredReplay(SupervisedTemplate):
     ):
         self.scenario = check_scenario(scenario)
         check_positive("iterations", iterations, integer=True)
-        check_non_negative("gating", gating)
-        if gating:
-            check_in_interval(
-                "gating",
-                gating,
-                0.0,
-                1.0,
-                low_open=True,
-                hint="It is the proportion of decoder units each context keeps; "
-                "use 0 to turn gating off.",
-            )
+        check_in_interval(
+            "gating",
+            gating,
+            0.0,
+            1.0,
+            high_open=True,
+            hint="It is the proportion of decoder units each context switches OFF "
+            "(paper: 0.8); use 0 to turn gating off.",
+        )
+        check_choice("replay_identity", replay_identity, ("predicted", "generated"))
         if distillation is not None and distillation != 0:
             check_positive("distillation", distillation)
         if internal is not None and not isinstance(internal, nn.Module):
@@ -333,12 +350,13 @@ class BrainInspiredReplay(SupervisedTemplate):
                 "prior='standard' to match (replay_vae(...) does it)."
             )
         if gen.gated != bool(gating) or (
-            gen.gated and abs(gen.gates.keep - gating) > 1e-9
+            gen.gated and abs(gen.gates.gate_prop - gating) > 1e-9
         ):
             raise ValueError(
                 f"gating={gating} but the generator's decoder gates are "
-                f"{'keep=' + str(gen.gates.keep) if gen.gated else 'off'}: build the "
-                "VAE with gate_keep equal to `gating` (replay_vae(...) does it)."
+                f"{'gate_prop=' + str(gen.gates.gate_prop) if gen.gated else 'off'}: "
+                "build the VAE with gate_prop equal to `gating` (replay_vae(...) "
+                "does it)."
             )
         if internal is not None and gen.recon_type != "mse":
             raise ValueError(
@@ -369,6 +387,7 @@ class BrainInspiredReplay(SupervisedTemplate):
         self.feedback = bool(feedback)
         self.conditional = bool(conditional)
         self.gating = float(gating)
+        self.replay_identity = replay_identity
         self.internal = self.model.front if internal is not None else None
         self.temperature = float(distillation) if distillation else None
         self.iterations = iterations
@@ -642,13 +661,38 @@ class BrainInspiredReplay(SupervisedTemplate):
         if t_r is not None and t_r.numel() != n:
             logits_prev = logits_prev.repeat(t_r.numel() // n, 1)
         target_scores = prev.mask(logits_prev, t_r)
+        y_id, probs_id = self._replay_class_identity(y_gen, target_scores, n)
         return {
             "x": x_r,
             "y_gen": y_gen,
             "t_gen": t_gen,
             "t": t_r,
             "scores": target_scores,
+            "y_id": y_id,
+            "probs_id": probs_id,
         }
+
+    def _replay_class_identity(self, y_gen, target_scores, n):
+        """The class identity of each replayed sample for class gates and prior modes.
+
+        :return: ``(y, probs)``: class ids, or ``(n, classes)`` probabilities (the
+            previous model's soft predictions at temperature ``T``), or neither if
+            the model being trained needs no class identity.
+        """
+        gen = self.replay_generator
+        if not (gen.conditional or (gen.gated and gen.gate_by == "class")):
+            return None, None
+        if self.replay_identity == "generated":
+            return y_gen, None
+        if target_scores.shape[0] != n:
+            raise ValueError(
+                "replay_identity='predicted' needs one target row per replayed "
+                "sample; this generator replays every sample under several tasks: "
+                "use replay_identity='generated'."
+            )
+        if self.temperature:
+            return None, F.softmax(target_scores / self.temperature, dim=1)
+        return target_scores.argmax(1), None
 
     def forward(self):
         """Masked logits of the current batch (train: also the VAE terms with feedback)."""
@@ -663,7 +707,7 @@ class BrainInspiredReplay(SupervisedTemplate):
     def _replay_loss(self) -> Tensor:
         r = self._replay
         if self.feedback:
-            out = self.net.evaluate(r["x"], r["y_gen"], r["t_gen"])
+            out = self.net.evaluate(r["x"], r["y_id"], r["t_gen"], r["probs_id"])
             logits = out.logits
         else:
             out, logits = None, self.net(r["x"])
@@ -707,7 +751,9 @@ class BrainInspiredReplay(SupervisedTemplate):
         loss_rep = None
         if self._replay is not None:
             r = self._replay
-            loss_rep = gen.evaluate(r["x"], r["y_gen"], r["t_gen"]).generation.mean()
+            loss_rep = gen.evaluate(
+                r["x"], r["y_id"], r["t_gen"], r["probs_id"]
+            ).generation.mean()
         loss = check_finite_loss(
             replay_weighting(loss_cur, loss_rep, self._n),
             "BrainInspiredReplay (generator)",
