@@ -47,6 +47,12 @@ def main() -> None:
     p.add_argument("--first-order", action="store_true")
     p.add_argument("--rotations", action="store_true", help="rotations as new classes")
     p.add_argument("--eval-tasks", type=int, default=600)
+    p.add_argument(
+        "--non-transductive",
+        action="store_true",
+        help="predict each query with the support set alone (batch norm never sees "
+        "the other queries); default: the query set as one batch, as in MAML's paper",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
@@ -70,6 +76,7 @@ def main() -> None:
         num_tasks=args.eval_tasks,
         inner_lr=args.inner_lr,
         inner_steps=10,
+        transductive=not args.non_transductive,
     )
     strategy = (FOMAML if args.first_order else MAML)(
         model=l2l.vision.models.OmniglotCNN(output_size=args.ways),

@@ -1,7 +1,9 @@
 """Few-shot meta-learning: task sampling, MAML / FO-MAML / Reptile updates against
 hand-written references, the few-shot metric, and smoke runs of every strategy."""
 
+import copy
 import io
+import math
 
 import pytest
 import torch
@@ -18,6 +20,9 @@ from avalanche_meta.evaluation.fewshot import (
     FewShotTask,
     FewShotTaskSampler,
     few_shot_accuracy,
+    fine_tune,
+    mini_batches,
+    query_logits,
 )
 from avalanche_meta.strategies.maml import FOMAML, MAML
 from avalanche_meta.strategies.reptile import Reptile
@@ -442,3 +447,217 @@ def test_maml_plugin_loss_terms_reach_the_meta_gradient():
     run_one_meta_update(strategy, tasks, x.double(), y)
     for p, g, p0 in zip(model.parameters(), ref, theta0):
         assert torch.allclose(p.grad, g + p0, atol=1e-10)
+
+
+# ------------------------------------------- non-transductive evaluation (issue 10)
+def structured_images(n_classes, per_class, seed):
+    """28x28 images: class c is a fixed random blob pattern plus pixel noise."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n_classes, 1, 7, 7, generator=g)
+    protos = (F.interpolate(low, size=28, mode="bilinear") > 0.6).float()
+    y = torch.arange(n_classes).repeat_interleave(per_class)
+    x = protos[y] + 0.3 * torch.randn(len(y), 1, 28, 28, generator=g)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def trained_omniglot_cnn():
+    """learn2learn's OmniglotCNN after 20 Reptile meta-iterations (running
+    statistics updated by training), and unseen test classes."""
+    from avalanche_meta.utils.quiet_import import import_learn2learn
+
+    torch.manual_seed(0)
+    x, y = structured_images(20, 8, seed=0)
+    model = import_learn2learn().vision.models.OmniglotCNN(output_size=5)
+    strategy = Reptile(
+        model=model,
+        ways=5,
+        shots=4,
+        meta_batch_size=1,
+        meta_iterations=20,
+        evaluator=quiet_evaluator(),
+    )
+    strategy.train(make_benchmark(x, y).train_stream[0])
+    x_te, y_te = structured_images(10, 8, seed=1)
+    return model, x_te, y_te
+
+
+EVAL_KW = dict(
+    ways=5,
+    shots=1,
+    query_shots=3,
+    num_tasks=8,
+    inner_lr=1e-3,
+    inner_steps=10,
+    optimizer="adam",
+)
+
+
+def test_non_transductive_evaluation_of_trained_cnn_never_uses_running_stats(
+    trained_omniglot_cnn,
+):
+    model, x, y = trained_omniglot_cnn
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert any(k.endswith("running_mean") for k in before)
+    res = few_shot_accuracy(model, x, y, transductive=False, **EVAL_KW)
+    assert all(math.isfinite(a) for a in res.accuracies)
+    assert res.mean > 0.4  # chance is 0.2
+    # the model (running statistics included) is left as it was
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # running statistics are never used: absurd ones give the very same accuracies
+    absurd = copy.deepcopy(model)
+    for name, buf in absurd.named_buffers():
+        if name.endswith("running_mean"):
+            buf.fill_(50.0)
+        elif name.endswith("running_var"):
+            buf.fill_(1e-4)
+    res_absurd = few_shot_accuracy(absurd, x, y, transductive=False, **EVAL_KW)
+    assert res_absurd.accuracies == res.accuracies
+
+
+def test_non_transductive_query_prediction_ignores_other_queries(trained_omniglot_cnn):
+    model, x, y = trained_omniglot_cnn
+    task = FewShotTaskSampler(x, y, ways=5, shots=1, query_shots=3, seed=3).sample()
+    adapted = fine_tune(
+        copy.deepcopy(model),
+        task.support_x,
+        task.support_y,
+        inner_lr=1e-3,
+        inner_steps=10,
+        optimizer="adam",
+    )
+    changed = task.query_x.clone()
+    changed[0] = 3.0 * torch.randn_like(changed[0])  # another query, very different
+    kept = slice(1, None)
+    nt = query_logits(adapted, task.support_x, task.query_x, transductive=False)
+    nt_changed = query_logits(adapted, task.support_x, changed, transductive=False)
+    assert torch.allclose(nt[kept], nt_changed[kept], atol=1e-5)
+    assert not torch.allclose(nt[0], nt_changed[0], atol=1e-3)
+    # each query's logits are those of a batch-statistics pass on support + query
+    by_hand = copy.deepcopy(adapted).train()
+    with torch.no_grad():
+        for i in range(len(task.query_x)):
+            batch = torch.cat([task.support_x, task.query_x[i : i + 1]])
+            assert torch.allclose(by_hand(batch)[-1], nt[i], atol=1e-5)
+    # transductive predictions do depend on the other queries (batch statistics)
+    tr = query_logits(adapted, task.support_x, task.query_x, transductive=True)
+    tr_changed = query_logits(adapted, task.support_x, changed, transductive=True)
+    assert not torch.allclose(tr[kept], tr_changed[kept], atol=1e-3)
+
+
+def test_fine_tune_mini_batches_of_the_support_set():
+    # the official rule when the batch size divides n: each pass is a permutation
+    idx = list(mini_batches(20, 10, 6, torch.Generator().manual_seed(0)))
+    assert all(len(i) == 10 for i in idx)
+    for p in range(3):
+        assert sorted(torch.cat(idx[2 * p : 2 * p + 2]).tolist()) == list(range(20))
+    assert list(mini_batches(5, None, 3)) == [None] * 3
+    assert list(mini_batches(5, 5, 2)) == [None] * 2
+    # fine_tune sees batches of batch_size samples
+    sizes = []
+    model = nn.Sequential(nn.Linear(4, 3))
+    model.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[0]))
+    x, y = labelled_blobs(n_classes=3, per_class=4)
+    fine_tune(model, x, y, inner_lr=0.1, inner_steps=4, batch_size=5)
+    assert sizes == [5, 5, 5, 5]
+    with pytest.raises(ValueError, match="inner_batch_size"):
+        FewShotAccuracy(inner_batch_size=0)
+    with pytest.raises(ValueError, match="transductive"):
+        FewShotAccuracy(transductive="no")
+
+
+# ------------------------------------------------------------------ presets
+#: Omniglot commands of the supervised-reptile README (flags only), per preset.
+REPTILE_README = {
+    "paper-5way1shot-transductive": "--shots 1 --inner-batch 10 --inner-iters 5 "
+    "--meta-step 1 --meta-batch 5 --meta-iters 100000 --eval-batch 5 --eval-iters 50 "
+    "--learning-rate 0.001 --meta-step-final 0 --train-shots 10 --transductive",
+    "paper-5way5shot": "--train-shots 10 --inner-batch 10 --inner-iters 5 "
+    "--learning-rate 0.001 --meta-step 1 --meta-step-final 0 --meta-batch 5 "
+    "--meta-iters 100000 --eval-batch 5 --eval-iters 50",
+    "paper-5way1shot": "--shots 1 --inner-batch 10 --inner-iters 5 --meta-step 1 "
+    "--meta-batch 5 --meta-iters 100000 --eval-batch 5 --eval-iters 50 "
+    "--learning-rate 0.001 --meta-step-final 0 --train-shots 10",
+    "paper-20way1shot": "--shots 1 --classes 20 --inner-batch 20 --inner-iters 10 "
+    "--meta-step 1 --meta-batch 5 --meta-iters 200000 --eval-batch 10 "
+    "--eval-iters 50 --learning-rate 0.0005 --meta-step-final 0 --train-shots 10",
+    "paper-20way5shot": "--classes 20 --inner-batch 20 --inner-iters 10 --meta-step 1 "
+    "--meta-batch 5 --meta-iters 200000 --eval-batch 10 --eval-iters 50 "
+    "--learning-rate 0.0005 --meta-step-final 0 --train-shots 10",
+}
+#: their flag -> (our hyper-parameter, their default)
+REPTILE_FLAGS = {
+    "--classes": ("ways", 5),
+    "--shots": ("eval_shots", 5),
+    "--train-shots": ("shots", 0),
+    "--inner-batch": ("inner_batch_size", 5),
+    "--inner-iters": ("inner_steps", 20),
+    "--learning-rate": ("inner_lr", 1e-3),
+    "--meta-step": ("meta_step_size", 0.1),
+    "--meta-step-final": ("meta_step_size_final", 0.1),
+    "--meta-batch": ("meta_batch_size", 1),
+    "--meta-iters": ("meta_iterations", 400000),
+    "--eval-batch": ("eval_batch_size", 5),
+    "--eval-iters": ("eval_inner_steps", 50),
+    "--eval-samples": ("eval_tasks", 10000),
+}
+
+
+def _readme_hparams(command):
+    words = command.split()
+    out = {name: default for name, default in REPTILE_FLAGS.values()}
+    out["eval_transductive"] = "--transductive" in words
+    words = [w for w in words if w != "--transductive"]
+    for flag, value in zip(words[::2], words[1::2]):
+        out[REPTILE_FLAGS[flag][0]] = float(value)
+    if out["shots"] == 0:  # --train-shots 0: training tasks have --shots samples
+        out["shots"] = out["eval_shots"]
+    return out
+
+
+def test_reptile_presets_are_the_readme_commands():
+    from avalanche_meta.cli import registry
+    from avalanche_meta.cli.methods.fewshot import _metric
+    from avalanche_meta.cli.runner import resolve_hparams
+
+    registry.load_all()
+    spec = registry.STRATEGIES["reptile"]
+    assert set(REPTILE_README) <= set(spec.presets)
+    for preset, command in REPTILE_README.items():
+        hp = resolve_hparams(spec, preset)
+        for name, value in _readme_hparams(command).items():
+            assert hp[name] == value, (preset, name, hp[name], value)
+        # their evaluation: one query per class, Adam at the training learning
+        # rate, rotations of the training characters as new classes
+        assert hp["eval_query_shots"] == 1 and hp["eval_inner_lr"] is None
+        assert hp["class_rotations"] and hp["eval_ways"] in (None, hp["ways"])
+        metric = _metric(hp, hp["ways"], hp["inner_lr"], optimizer="adam")
+        assert metric.kwargs["inner_batch_size"] == hp["eval_batch_size"]
+        assert metric.kwargs["transductive"] == hp["eval_transductive"]
+        assert metric.kwargs["inner_lr"] == hp["inner_lr"]
+        assert metric.kwargs["optimizer"] == "adam"
+
+
+def test_maml_presets_are_the_papers_settings():
+    from avalanche_meta.cli import registry
+    from avalanche_meta.cli.runner import resolve_hparams
+
+    registry.load_all()
+    # SPEC section 4 (Finn et al. 2017)
+    five = dict(inner_lr=0.4, inner_steps=1, meta_batch_size=32, meta_lr=1e-3)
+    expected = {
+        "paper-5way1shot": dict(ways=5, shots=1, **five),
+        "paper-5way5shot": dict(ways=5, shots=5, **five),
+        "paper-20way1shot": dict(
+            ways=20, shots=1, inner_lr=0.1, inner_steps=5, meta_batch_size=16
+        ),
+    }
+    for name in ("maml", "fomaml"):
+        spec = registry.STRATEGIES[name]
+        for preset, values in expected.items():
+            hp = resolve_hparams(spec, preset)
+            for k, v in values.items():
+                assert hp[k] == v, (name, preset, k)
+            assert hp["meta_iterations"] == 60000 and hp["eval_shots"] == hp["shots"]
+            assert hp["eval_inner_lr"] == hp["inner_lr"]
+            assert hp["eval_inner_steps"] == 10 and hp["eval_transductive"]

@@ -28,11 +28,22 @@ from the trained values and every parameter is fine-tuned. Models whose last lin
 layer already has ``ways`` outputs (MAML, Reptile) are fine-tuned from their
 meta-learned initialisation, head included.
 
-Batch normalisation: by default (``transductive=True``) the copy stays in training
-mode while it adapts and while it predicts the query set, so batch-norm layers use
-the statistics of the task's own batch, as in the MAML, Reptile and learn2learn
-Omniglot results (Nichol et al. label this setting "transductive"). Running
-statistics never leak between tasks because each task starts from a fresh copy.
+Batch normalisation never uses running statistics, as in Nichol et al.'s code (their
+batch-norm layers always normalise with the statistics of the batch they are given):
+the copy adapts in training mode (statistics of each support mini-batch), and it
+predicts with its batch-norm layers in training mode (every other module in evaluation
+mode). Two prediction rules (``transductive``):
+
+- ``True`` (default; MAML, learn2learn, Nichol et al.'s ``--transductive``): the
+  query set is one batch, so each query's prediction uses the statistics of all the
+  task's queries;
+- ``False`` (Nichol et al.'s default, non-transductive): the copy is adapted once on
+  the support set, then each query is predicted alone, from a batch of the support set
+  plus that one query (:func:`query_logits`), so no query's prediction depends on the
+  other queries.
+
+The model passed in is never modified (its running statistics included): every task
+starts from a fresh copy.
 
 This module imports learn2learn's data utilities for the sampling (through
 :func:`avalanche_meta.utils.quiet_import.import_learn2learn`), nothing else.
@@ -72,7 +83,9 @@ __all__ = [
     "rotate_images",
     "split_support_query",
     "dataset_tensors",
+    "mini_batches",
     "fine_tune",
+    "query_logits",
     "few_shot_accuracy",
     "FewShotAccuracy",
     "fewshot_metrics",
@@ -342,6 +355,34 @@ def _logits(model: nn.Module, x: Tensor) -> Tensor:
     return avalanche_forward(model, x, t)
 
 
+def mini_batches(
+    n: int,
+    batch_size: Optional[int],
+    num_batches: int,
+    generator: Optional[torch.Generator] = None,
+) -> Iterator[Optional[Tensor]]:
+    """Indices of ``num_batches`` mini-batches of ``batch_size`` samples out of ``n``.
+
+    Consecutive slices of a random order, drawn again when fewer than a batch remain
+    (no sample twice in a batch; a batch larger than ``n`` is the whole set).
+    Nichol et al.'s code fills a batch across two orders instead; both rules give
+    the same batches when ``batch_size`` divides ``n``, as in all their Omniglot
+    settings. ``batch_size`` None (or ``>= n``) yields None: the whole set, in order.
+
+    :param generator: the random generator (None: torch's global one).
+    """
+    if batch_size is None or batch_size >= n:
+        for _ in range(num_batches):
+            yield None
+        return
+    order, pos = torch.randperm(n, generator=generator), 0
+    for _ in range(num_batches):
+        if pos + batch_size > n:
+            order, pos = torch.randperm(n, generator=generator), 0
+        yield order[pos : pos + batch_size]
+        pos += batch_size
+
+
 def fine_tune(
     model: nn.Module,
     support_x: Tensor,
@@ -350,28 +391,69 @@ def fine_tune(
     inner_lr: float,
     inner_steps: int,
     optimizer: str = "sgd",
-    transductive: bool = True,
+    batch_size: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
 ) -> nn.Module:
-    """Adapt ``model`` in place: ``inner_steps`` full-batch steps on the support loss.
+    """Adapt ``model`` in place: ``inner_steps`` steps on the support loss, in
+    training mode (batch norm normalises with each mini-batch's statistics).
 
     :param optimizer: ``"sgd"`` (MAML's inner loop) or ``"adam"`` (Reptile's,
-        ``betas=(0, 0.999)`` as in Nichol et al.).
+        ``betas=(0, 0.999)`` as in Nichol et al.; a fresh Adam: their code continues
+        the meta-training Adam's moments instead).
+    :param batch_size: samples per step (Nichol et al.'s ``--eval-batch``), see
+        :func:`mini_batches`; None: the whole support set at every step.
+    :param generator: draws the mini-batches (None: torch's global generator).
     :return: ``model``.
     """
-    model.train(transductive)
+    model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=inner_lr)
     else:
         opt = torch.optim.Adam(params, lr=inner_lr, betas=(0.0, 0.999))
+    batches = mini_batches(len(support_y), batch_size, inner_steps, generator)
     with torch.enable_grad():
-        for step in range(inner_steps):
+        for step, idx in enumerate(batches):
+            x, y = support_x, support_y
+            if idx is not None:
+                idx = idx.to(support_y.device)
+                x, y = x[idx], y[idx]
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(_logits(model, support_x), support_y)
+            loss = F.cross_entropy(_logits(model, x), y)
             check_finite_loss(loss, f"few-shot fine-tuning, step {step}")
             loss.backward()
             opt.step()
     return model
+
+
+def _batch_norm_layers(model: nn.Module) -> List[nn.Module]:
+    return [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+
+
+def query_logits(
+    model: nn.Module, support_x: Tensor, query_x: Tensor, *, transductive: bool
+) -> Tensor:
+    """The logits of an adapted ``model`` on a task's queries, batch norm on batch
+    statistics (never running statistics).
+
+    ``model`` is put in evaluation mode with its batch-norm layers in training mode.
+
+    :param transductive: True: one batch of all the queries. False: for each query,
+        a batch of the support set plus that query, of which the query's row is kept
+        (Nichol et al.'s non-transductive rule), so a query's logits do not depend on
+        the other queries.
+    """
+    model.eval()
+    for layer in _batch_norm_layers(model):
+        layer.train()
+    with torch.no_grad():
+        if transductive:
+            return _logits(model, query_x)
+        return torch.cat(
+            [_logits(model, torch.cat([support_x, q]))[-1:] for q in query_x.split(1)]
+        )
 
 
 @dataclass
@@ -411,6 +493,7 @@ def few_shot_accuracy(
     inner_lr: float = 0.4,
     inner_steps: int = 10,
     optimizer: str = "sgd",
+    inner_batch_size: Optional[int] = None,
     transductive: bool = True,
     reset_head: Optional[bool] = None,
     seed: Optional[int] = 0,
@@ -419,20 +502,30 @@ def few_shot_accuracy(
     """Few-shot query accuracy of ``model`` on ``num_tasks`` tasks drawn from ``(x, y)``.
 
     Each task starts from a fresh copy of ``model`` (see the module docstring for the
-    head and batch-norm handling), fine-tuned by :func:`fine_tune`; ``model`` itself is
-    left unchanged (parameters, buffers and train/eval mode).
+    head and batch-norm handling), fine-tuned once on the support set by
+    :func:`fine_tune`, then scored on the query set by :func:`query_logits`;
+    ``model`` itself is left unchanged (parameters, buffers such as batch-norm running
+    statistics, and train/eval mode).
 
-    :param seed: seeds the task sampler, so that every model is scored on the same
-        tasks (paired comparisons); None draws new tasks each call.
+    :param inner_batch_size: support samples per fine-tuning step (None: all).
+    :param transductive: the prediction rule of :func:`query_logits`.
+    :param seed: seeds the task sampler and the fine-tuning mini-batches, so that
+        every model is scored on the same tasks (paired comparisons); None draws new
+        tasks each call.
     """
     check_positive("num_tasks", num_tasks, integer=True)
     check_positive("inner_lr", inner_lr)
     check_non_negative("inner_steps", inner_steps, integer=True)
     check_choice("optimizer", optimizer, ("sgd", "adam"))
+    if inner_batch_size is not None:
+        check_positive("inner_batch_size", inner_batch_size, integer=True)
+    if not isinstance(transductive, bool):
+        raise ValueError(f"`transductive` must be True or False, got {transductive!r}.")
     device = device or next(model.parameters()).device
     sampler = FewShotTaskSampler(
         x, y, ways=ways, shots=shots, query_shots=query_shots, seed=seed
     )
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
     scratch = _with_ways_head(model, ways, reset_head).to(device)
     start = {k: v.detach().clone() for k, v in scratch.state_dict().items()}
     result = FewShotResult()
@@ -446,10 +539,13 @@ def few_shot_accuracy(
             inner_lr=inner_lr,
             inner_steps=inner_steps,
             optimizer=optimizer,
-            transductive=transductive,
+            batch_size=inner_batch_size,
+            generator=generator,
         )
-        with torch.no_grad():
-            pred = _logits(scratch, task.query_x).argmax(dim=1)
+        logits = query_logits(
+            scratch, task.support_x, task.query_x, transductive=transductive
+        )
+        pred = logits.argmax(dim=1)
         result.accuracies.append((pred == task.query_y).float().mean().item())
     return result
 
@@ -467,7 +563,9 @@ class FewShotAccuracy(PluginMetric[float]):
     - ``FewShotAcc_Stream/eval_phase/<stream>_stream``: mean over the evaluated
       experiences (after the whole stream).
 
-    Works for any strategy's model; see :func:`few_shot_accuracy`. The per-experience
+    Works for any strategy's model; the keyword arguments are those of
+    :func:`few_shot_accuracy` (``inner_batch_size``, ``transductive``, ...). The
+    per-experience
     results of the last evaluation are in :attr:`results` (``{exp_id: FewShotResult}``)
     and the accuracy matrix of the run in :attr:`matrix` (``R[i][j]``: mean few-shot
     accuracy on eval experience ``j`` after training experience ``i``, fractions; the
@@ -492,6 +590,7 @@ class FewShotAccuracy(PluginMetric[float]):
         inner_lr: float = 0.4,
         inner_steps: int = 10,
         optimizer: str = "sgd",
+        inner_batch_size: Optional[int] = None,
         transductive: bool = True,
         reset_head: Optional[bool] = None,
         seed: int = 0,
@@ -504,6 +603,12 @@ class FewShotAccuracy(PluginMetric[float]):
         check_positive("inner_lr", inner_lr)
         check_non_negative("inner_steps", inner_steps, integer=True)
         check_choice("optimizer", optimizer, ("sgd", "adam"))
+        if inner_batch_size is not None:
+            check_positive("inner_batch_size", inner_batch_size, integer=True)
+        if not isinstance(transductive, bool):
+            raise ValueError(
+                f"`transductive` must be True or False, got {transductive!r}."
+            )
         self.kwargs = dict(
             ways=ways,
             shots=shots,
@@ -512,6 +617,7 @@ class FewShotAccuracy(PluginMetric[float]):
             inner_lr=inner_lr,
             inner_steps=inner_steps,
             optimizer=optimizer,
+            inner_batch_size=inner_batch_size,
             transductive=transductive,
             reset_head=reset_head,
         )

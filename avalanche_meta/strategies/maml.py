@@ -20,7 +20,9 @@ Departures from the paper, on purpose:
   sampled from that experience's classes (the paper has one training set and 60,000
   iterations: the default here).
 - Batch-norm running statistics are shared between the clones and the model (as in
-  learn2learn); they are not used by the transductive few-shot evaluation.
+  learn2learn) and updated by them; no few-shot evaluation uses them
+  (:mod:`avalanche_meta.evaluation.fewshot` normalises with batch statistics, in
+  both its transductive and non-transductive rules).
 """
 
 from __future__ import annotations

@@ -21,7 +21,16 @@ Departures from the paper, on purpose:
   in the paper, per experience here).
 - As in the reference code, the inner optimizer's state (Adam moments) persists
   across tasks and meta-iterations; only the model parameters are interpolated.
-  Buffers (batch-norm running statistics) are not interpolated.
+  Buffers (batch-norm running statistics) are not interpolated; no few-shot
+  evaluation uses them (batch norm always normalises with batch statistics, as in
+  the reference code, whose batch-norm layers never use running statistics).
+- Mini-batches are consecutive slices of a shuffled order, reshuffled when fewer than
+  a batch remain; the reference code fills a batch across two shuffles instead. The
+  two rules give the same batches when ``inner_batch_size`` divides the task's
+  sample count, as in all the paper's Omniglot settings (50 / 10, 200 / 20).
+- The reference evaluation fine-tunes with the meta-training Adam (its moments
+  carried over, restored after each task);
+  :class:`~avalanche_meta.evaluation.fewshot.FewShotAccuracy` starts a fresh Adam.
 """
 
 from __future__ import annotations
@@ -57,9 +66,14 @@ class Reptile(EpisodicTemplate):
     Defaults are Nichol et al.'s Omniglot settings: tasks of ``shots=10`` samples per
     class for 1-shot evaluation (their ``--train-shots 10``), inner Adam with
     ``inner_lr=1e-3`` and ``betas=(0, 0.999)``, ``inner_steps=5`` on mini-batches of
-    ``inner_batch_size=10``, ``meta_batch_size=5``, meta step 1 annealed to 0. Their
-    evaluation fine-tunes with the same Adam for 50 steps, transductively (give
-    ``FewShotAccuracy(optimizer="adam", inner_lr=1e-3, inner_steps=50)``).
+    ``inner_batch_size=10``, ``meta_batch_size=5``, meta step 1 annealed to 0
+    (20-way: ``inner_lr=5e-4``, ``inner_steps=10``, ``inner_batch_size=20``, 200,000
+    meta-iterations). Their evaluation fine-tunes with Adam for 50 steps on
+    mini-batches of 5 support samples (10 for 20-way) and, unless
+    ``--transductive``, predicts each query with the support set alone:
+    ``FewShotAccuracy(optimizer="adam", inner_lr=1e-3, inner_steps=50,
+    inner_batch_size=5, query_shots=1, transductive=False)`` (``transductive=True``
+    for their transductive results).
 
     The model must output ``ways`` logits (labels are remapped per task).
 

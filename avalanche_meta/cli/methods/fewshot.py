@@ -21,6 +21,15 @@ characters, 423 test characters, rotations as classes, 60,000 meta-iterations)::
     avalanche-meta run maml --benchmark omniglot --preset paper-5way1shot \\
         --bench-opt train=background,evaluation --bench-opt test=none \\
         --bench-opt test_classes=423
+
+Reptile's presets are Nichol et al.'s Omniglot commands (supervised-reptile README),
+e.g. 20-way 1-shot (inner batch 20, 10 inner Adam steps of 5e-4, 200,000
+meta-iterations, evaluation with 50 steps on batches of 10 and each query predicted
+with the support set alone, ``eval_transductive`` false)::
+
+    avalanche-meta run reptile --benchmark omniglot --preset paper-20way1shot \
+        --bench-opt train=background,evaluation --bench-opt test=none \
+        --bench-opt test_classes=423
 """
 
 from __future__ import annotations
@@ -143,6 +152,18 @@ EVAL_PARAMS: Dict[str, Param] = {
         "fine-tuning step size at test (default: the method's)",
     ),
     "eval_inner_steps": (int, 10, "fine-tuning steps on the support set at test"),
+    "eval_batch_size": (
+        int,
+        None,
+        "support samples per fine-tuning step at test (default: the whole support "
+        "set)",
+    ),
+    "eval_transductive": (
+        bool,
+        True,
+        "predict the query set as one batch (batch norm on the queries' statistics); "
+        "false: each query with the support set, alone (Nichol et al.'s default)",
+    ),
     "model": (str, "cnn", "cnn (learn2learn OmniglotCNN) or fc (OmniglotFC)"),
 }
 
@@ -158,6 +179,8 @@ def _metric(hp: Dict[str, Any], ways: int, inner_lr: float, optimizer: str = "sg
         inner_lr=hp["eval_inner_lr"] or inner_lr,
         inner_steps=hp["eval_inner_steps"],
         optimizer=optimizer,
+        inner_batch_size=hp["eval_batch_size"],
+        transductive=hp["eval_transductive"],
     )
 
 
@@ -226,17 +249,30 @@ MAML_PARAMS: Dict[str, Param] = {
     **EVAL_PARAMS,
 }
 
-MAML_PRESETS = {
-    "paper-5way1shot": {"class_rotations": True},
-    "paper-5way5shot": {"shots": 5, "eval_shots": 5, "class_rotations": True},
-    "paper-20way1shot": {
-        "ways": 20,
-        "inner_lr": 0.1,
-        "inner_steps": 5,
-        "meta_batch_size": 16,
-        "eval_inner_lr": 0.1,
+
+def _maml_paper(ways: int, shots: int) -> Dict[str, Any]:
+    """Finn et al.'s Omniglot settings (SPEC.md section 4)."""
+    five = ways == 5
+    return {
+        "ways": ways,
+        "shots": shots,
+        "eval_shots": shots,
+        "inner_lr": 0.4 if five else 0.1,
+        "inner_steps": 1 if five else 5,
+        "meta_batch_size": 32 if five else 16,
+        "meta_lr": 1e-3,
+        "meta_iterations": 60000,
+        "eval_inner_lr": 0.4 if five else 0.1,
+        "eval_inner_steps": 10,
+        "eval_transductive": True,
         "class_rotations": True,
-    },
+    }
+
+
+MAML_PRESETS: Dict[str, Dict[str, Any]] = {
+    "paper-5way1shot": _maml_paper(5, 1),
+    "paper-5way5shot": _maml_paper(5, 5),
+    "paper-20way1shot": _maml_paper(20, 1),
     "quick": {"meta_iterations": 50, "meta_batch_size": 8, "eval_tasks": 100},
 }
 
@@ -307,17 +343,49 @@ REPTILE_PARAMS: Dict[str, Param] = {
 }
 
 
+def _reptile_paper(ways: int, shots: int, transductive: bool = False):
+    """The flags of Nichol et al.'s Omniglot command (supervised-reptile README)."""
+    five = ways == 5
+    return {
+        "ways": ways,  # --classes
+        "shots": 10,  # --train-shots 10
+        "inner_batch_size": 10 if five else 20,  # --inner-batch
+        "inner_steps": 5 if five else 10,  # --inner-iters
+        "inner_lr": 1e-3 if five else 5e-4,  # --learning-rate (Adam, beta1 = 0)
+        "meta_step_size": 1.0,  # --meta-step
+        "meta_step_size_final": 0.0,  # --meta-step-final
+        "meta_batch_size": 5,  # --meta-batch
+        "meta_iterations": 100000 if five else 200000,  # --meta-iters
+        "eval_shots": shots,  # --shots
+        "eval_batch_size": 5 if five else 10,  # --eval-batch
+        "eval_inner_steps": 50,  # --eval-iters
+        "eval_transductive": transductive,  # --transductive
+        # their code's defaults: 10,000 test tasks of one query per class
+        "eval_tasks": 10000,  # --eval-samples
+        "eval_query_shots": 1,
+        # rotations of the training characters as new classes (augment_dataset)
+        "class_rotations": True,
+    }
+
+
+#: Nichol et al.'s Omniglot commands (supervised-reptile README); only the 5-way
+#: 1-shot one is also given with ``--transductive``.
+REPTILE_PRESETS: Dict[str, Dict[str, Any]] = {
+    "paper-5way1shot": _reptile_paper(5, 1),
+    "paper-5way1shot-transductive": _reptile_paper(5, 1, transductive=True),
+    "paper-5way5shot": _reptile_paper(5, 5),
+    "paper-20way1shot": _reptile_paper(20, 1),
+    "paper-20way5shot": _reptile_paper(20, 5),
+    "quick": {"meta_iterations": 200, "eval_tasks": 100},
+}
+
+
 @register_strategy(
     "reptile",
     help="Reptile (Nichol et al. 2018) on N-way tasks of each experience",
     scenarios=("class",),
     params=REPTILE_PARAMS,
-    presets={
-        "paper-5way1shot": {"class_rotations": True},
-        "paper-5way5shot": {"eval_shots": 5, "class_rotations": True},
-        "paper-20way1shot": {"ways": 20, "class_rotations": True},
-        "quick": {"meta_iterations": 200, "eval_tasks": 100},
-    },
+    presets=REPTILE_PRESETS,
     fit=fit_fewshot,
 )
 def build_reptile(ctx: RunContext, **hp):
@@ -424,7 +492,13 @@ def _method_hparams(
             hp.update(class_rotations=True, task_rotation_prob=0.4)
         return ("fomaml" if method == "FO-MAML" else "maml"), hp
     if method == "Reptile":
-        hp = {**ev, "ways": ways, "shots": 10}
+        # --eval-batch of Nichol et al.'s commands: 5 (5-way), 10 (20-way)
+        hp = {
+            **ev,
+            "ways": ways,
+            "shots": 10,
+            "eval_batch_size": 5 if ways == 5 else 10,
+        }
         hp["meta_iterations"] = budget["reptile_iterations"]
         if ways == 20:
             hp.update(inner_batch_size=20, inner_steps=10, inner_lr=5e-4)
@@ -594,9 +668,11 @@ _DATA_NOTE = (
     "training. The published numbers use 1,200 training characters of all 50 "
     "alphabets (and 60,000-100,000 meta-iterations), so they are an upper "
     "reference, not a pass/fail line.\n"
-    "- evaluation: transductive (batch norm uses each task's batch), as in the "
+    "- evaluation: transductive (batch norm uses the statistics of the task's query "
+    "set, predicted as one batch), as in the "
     "published MAML and Reptile results; MAML/FO-MAML fine-tune with SGD (their "
-    "inner step size, 10 steps), Reptile with Adam (lr of its inner loop, 50 steps), "
+    "inner step size, 10 steps), Reptile with Adam (lr of its inner loop, 50 steps "
+    "on mini-batches of 5 support samples for 5-way, 10 for 20-way), "
     "transfer with SGD (lr 0.1, 50 steps) on a new zero-initialised head.\n"
     "- methods: MAML + aug adds 90/180/270-degree rotations of every training "
     "character as new classes and rotates a whole task by 90 or 270 degrees with "
@@ -604,7 +680,9 @@ _DATA_NOTE = (
     "- full Omniglot (users): `avalanche-meta run maml --benchmark omniglot "
     "--preset paper-5way1shot --bench-opt train=background,evaluation "
     "--bench-opt test=none --bench-opt test_classes=423` (likewise `fomaml`, "
-    "`reptile`, presets `paper-5way5shot`, `paper-20way1shot`); not run here.\n"
+    "`reptile`, presets `paper-5way5shot`, `paper-20way1shot`; `reptile` also has "
+    "`paper-20way5shot` and `paper-5way1shot-transductive`, and its presets are "
+    "Nichol et al.'s commands, non-transductive unless named so); not run here.\n"
 )
 
 
