@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from avalanche_meta.models import MLP, ReducedResNet18
 from avalanche_meta.models.calibration import (
+    BatchNormFeatureScale,
     CalibratedBasicBlock,
     CalibratedConv2d,
     CalibratedLinear,
@@ -250,3 +251,103 @@ def test_memory_reservoir_is_uniform_within_a_task():
         counts[mem.x[:, 0].long()] += 1
     freq = counts / 300  # expected 5 / 20 = 0.25 for every sample
     assert float((freq - 0.25).abs().max()) < 0.1
+
+
+# -- FCM position, linear merge, layer subsets --------------------------------------
+def _conv_bn_grads(fcm_position: str):
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+    head = nn.Linear(8, 4)
+    calibrate(block, fcm_position=fcm_position)
+    x, y = torch.randn(16, 3, 6, 6), torch.randint(0, 4, (16,))
+    z = head(F.relu(block(x)).mean(dim=(2, 3)))
+    loss = F.cross_entropy(z, y)
+    named = dict(block.named_parameters())
+    lam = next(p for n, p in named.items() if n.endswith("lam"))
+    g_lam, g_psi = torch.autograd.grad(loss, [lam, named["0.psi"]])
+    return float(g_lam.abs().max()), float(g_psi.abs().max()), block
+
+
+def test_fcm_before_batch_norm_is_cancelled_after_is_not():
+    g_lam, g_psi, block = _conv_bn_grads("before_bn")
+    assert isinstance(block[0], CalibratedConv2d) and block[0].lam is not None
+    assert g_lam < 1e-3 * g_psi  # training-mode BN undoes a per-channel scale
+    g_lam, g_psi, block = _conv_bn_grads("after_bn")
+    assert block[0].lam is None and isinstance(block[1], BatchNormFeatureScale)
+    assert g_lam > 0.05 * g_psi, (g_lam, g_psi)
+
+
+@pytest.mark.parametrize("combine", ["multiply", "add"])
+def test_fcm_after_bn_resnet_identity_and_formula(combine):
+    torch.manual_seed(0)
+    model = ReducedResNet18(num_classes=5, nf=4).eval()
+    x = torch.randn(3, 3, 8, 8)
+    before = model(x)
+    calibrate(model, fcm_position="after_bn", combine=combine)
+    assert torch.equal(model(x), before)
+    scales = [m for m in model.modules() if isinstance(m, BatchNormFeatureScale)]
+    convs = [m for m in model.modules() if isinstance(m, CalibratedConv2d)]
+    assert len(scales) == len(convs) and all(c.lam is None for c in convs)
+    _perturb(model)
+    s = scales[0]
+    h = torch.randn(2, s.bn.num_features, 4, 4)
+    want = s.bn(h) * s.feature_scale().view(1, -1, 1, 1)
+    assert torch.allclose(s(h), want)
+    block = CalibratedBasicBlock(4, 6, stride=2, fcm_position="after_bn")
+    assert isinstance(block.bn1, BatchNormFeatureScale)
+    assert isinstance(block.shortcut[1], BatchNormFeatureScale)
+
+
+def test_linear_layers_keep_one_per_output_scale():
+    mlp = calibrate(MLP(input_size=6, hidden_sizes=(5,), num_classes=3))
+    names = [n for n, _ in named_calibration_parameters(mlp)]
+    assert names and not any(n.endswith("lam") for n in names)
+    literal = calibrate(
+        MLP(input_size=6, hidden_sizes=(5,), num_classes=3), merge_linear_fcm=False
+    )
+    assert any(n.endswith("lam") for n, _ in named_calibration_parameters(literal))
+    fcm_only = calibrate(MLP(input_size=6, hidden_sizes=(5,), num_classes=3), wcm=False)
+    assert all(n.endswith("lam") for n, _ in named_calibration_parameters(fcm_only))
+    # convolutions keep both (psi per channel pair, lam per output channel)
+    conv = calibrate(_conv_net())
+    assert conv[0].psi is not None and conv[0].lam is not None
+
+
+def test_add_and_multiply_give_identical_sgd_trajectories():
+    def run(combine):
+        torch.manual_seed(0)
+        model = calibrate(_conv_net(), combine=combine).train()
+        opt = torch.optim.SGD(calibration_parameters(model), lr=0.5)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            x = torch.randn(4, 3, 8, 8, generator=g)
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        return model(torch.randn(2, 3, 8, 8, generator=g))
+
+    assert torch.allclose(run("multiply"), run("add"), atol=1e-6)
+
+
+def test_layer_subsets_and_scalar_temperature():
+    torch.manual_seed(0)
+    x = torch.randn(4, 6)
+    hidden = calibrate(
+        MLP(input_size=6, hidden_sizes=(5, 5), num_classes=3), layers="hidden"
+    )
+    assert type(hidden.classifier) is nn.Linear
+    assert len(calibrated_layers(hidden)) == 2
+    model = MLP(input_size=6, hidden_sizes=(5,), num_classes=3)
+    plain = model(x)
+    calibrate(model, layers="output", wcm=False, scalar_fcm=True)
+    assert calibrated_layers(model) == [model.classifier]
+    (cal,) = calibration_parameters(model)
+    assert cal.shape == (1,) and torch.equal(model(x), plain)
+    with torch.no_grad():
+        cal.fill_(2.5)
+        assert torch.allclose(model(x), 2.5 * plain, atol=1e-6)  # folded path
+    assert torch.allclose(model(x), 2.5 * plain, atol=1e-6)  # autograd path
+    with pytest.raises(ValueError, match="layers"):
+        calibrate(MLP(input_size=6, hidden_sizes=(5,), num_classes=3), layers="head")
+    with pytest.raises(ValueError, match="fcm_position"):
+        calibrate(MLP(input_size=6, hidden_sizes=(5,), num_classes=3), fcm_position="x")

@@ -120,8 +120,10 @@ def test_ablations_and_add_mode_run():
         strategy = _strategy(**kw)
         _train(strategy, bm)
         names = [n for n, _ in strategy.model.named_parameters()]
-        assert any(n.endswith("psi") for n in names) == kw.get("wcm", True)
-        assert any(n.endswith("lam") for n in names) == kw.get("fcm", True)
+        wcm, fcm = kw.get("wcm", True), kw.get("fcm", True)
+        assert any(n.endswith("psi") for n in names) == wcm
+        # an MLP: with WCM on, FCM's per-output scale is merged into psi
+        assert any(n.endswith("lam") for n in names) == (fcm and not wcm)
 
 
 # -- the optimizer never steps the calibration parameters -----------------------------
@@ -196,7 +198,11 @@ def _ref_kl(z, zs, T):
 def test_second_order_outer_gradient_matches_hand_written(consolidation):
     torch.manual_seed(0)
     lr, clr, gamma, reg, beta, T, steps = 0.3, 0.2, 0.7, 0.5, 1.3, 2.0, 2
-    model = calibrate(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)))
+    # the paper's literal psi / lambda pair on linear layers (every parameter kind)
+    model = calibrate(
+        nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)),
+        merge_linear_fcm=False,
+    )
     with torch.no_grad():
         for p in calibration_parameters(model):
             p.add_(0.2 * torch.randn(p.shape))
@@ -528,3 +534,107 @@ def test_reproduce_nccl_reuse_only_collects_finished_runs(tmp_path, capsys):
         "ER (same memory) on online-permuted-mnist (domain-IL) seed 0: not run" in out
     )
     assert not (tmp_path / "nccl" / "er-online-permuted-mnist-domain-s0-quick").exists()
+
+
+# -- controls that separate calibration from the inner loop ---------------------------
+def test_outer_loop_off_leaves_calibration_at_init():
+    torch.manual_seed(0)
+    bm = _benchmark(task_labels=False, n_per_class=20)
+    strategy = _strategy(outer_loop=False)
+    init = {n: p.detach().clone() for n, p in strategy.model.named_parameters()}
+    _train(strategy, bm)
+    assert strategy.task_index == 1  # the outer loop would have run on task 1
+    for n, p in strategy.model.named_parameters():
+        if n.endswith(("psi", "psi_bias", "lam")):
+            assert torch.equal(p, init[n]), n
+    assert any(
+        not torch.equal(p, init[n])
+        for n, p in strategy.model.named_parameters()
+        if not n.endswith(("psi", "psi_bias", "lam"))
+    )
+
+
+def test_temperature_only_has_one_scalar_on_the_output_layer():
+    torch.manual_seed(0)
+    bm = _benchmark(task_labels=False, n_per_class=20)
+    strategy = _strategy(calibration="temperature")
+    named = [(n, p) for n, p in strategy.model.named_parameters()]
+    cal = [(n, p) for n, p in named if n.endswith(("psi", "psi_bias", "lam"))]
+    assert len(cal) == 1 and cal[0][1].numel() == 1
+    assert cal[0][0] == "classifier.lam"  # the MLP's output layer
+    hidden = [m for m in strategy.model.features.modules() if isinstance(m, nn.Linear)]
+    assert hidden and all(type(m) is nn.Linear for m in hidden)  # plain
+    _train(strategy, bm)
+    assert float(cal[0][1].detach()) != 1.0  # trained by the outer loop
+    # it is a logit scale: the output equals the plain output times lam
+    x = torch.randn(3, D)
+    with torch.no_grad():
+        z = strategy.model(x)
+        lam = cal[0][1]
+        strategy.model.classifier.lam.data.fill_(1.0)
+        assert torch.allclose(z, strategy.model(x) * lam, atol=1e-5)
+
+
+def test_hidden_only_leaves_the_output_layer_plain():
+    torch.manual_seed(0)
+    bm = _benchmark(task_labels=False, n_per_class=20)
+    strategy = _strategy(calibration="hidden")
+    assert type(strategy.model.classifier) is nn.Linear
+    assert strategy.active_units.num_classes == C  # inferred from the plain head
+    names = [n for n, _ in strategy.model.named_parameters()]
+    cal = [n for n in names if n.endswith(("psi", "psi_bias", "lam"))]
+    assert cal and not any(n.startswith("classifier.") for n in cal)
+    head = [p.detach().clone() for p in strategy.model.classifier.parameters()]
+    psi0 = [p.detach().clone() for p in calibration_parameters(strategy.model)]
+    _train(strategy, bm)
+    assert any(
+        not torch.equal(a, p)
+        for a, p in zip(psi0, calibration_parameters(strategy.model))
+    )
+    assert any(
+        not torch.equal(a, p)
+        for a, p in zip(head, strategy.model.classifier.parameters())
+    )  # the head is a base parameter, trained by the inner loop
+
+
+def test_bad_calibration_options():
+    with pytest.raises(ValueError, match="calibration"):
+        _strategy(calibration="output")
+    with pytest.raises(ValueError, match="fcm_position"):
+        _strategy(fcm_position="middle")
+
+
+# -- Task-IL masks come from the task's declared classes ------------------------------
+def test_task_il_first_minibatch_of_a_task_learns():
+    """A 2-class task whose first mini-batch holds a single class: with masks from
+    the observed labels only one unit is active, the loss is 0 and nothing moves."""
+    torch.manual_seed(0)
+    bm = _benchmark(task_labels=True, n_per_class=5)
+    strategy = _strategy(scenario="task", train_mb_size=1)
+    exp = bm.train_stream[0]
+    first = next(
+        iter(split_online_stream([exp], experience_size=1, access_task_boundaries=True))
+    )
+    before = [p.detach().clone() for p in base_parameters(strategy.model)]
+    strategy.train([first])
+    change = max(
+        float((a - p).abs().max())
+        for a, p in zip(before, base_parameters(strategy.model))
+    )
+    assert change > 1e-4, change
+    assert strategy.active_units.task_classes[0, :2].all()
+    assert not strategy.active_units.task_classes[0, 2:].any()
+
+
+def test_experience_task_classes_reads_declared_classes():
+    from avalanche_meta.benchmarks.online import online_stream
+    from avalanche_meta.strategies.neuron_calibration import experience_task_classes
+
+    bm = _benchmark(task_labels=True, n_per_class=5)
+    exp = bm.train_stream[1]
+    assert experience_task_classes(exp) == {1: [2, 3]}
+    sub = next(iter(online_stream([exp], batch_size=1, seed=0)))
+    assert experience_task_classes(sub) == {1: [2, 3]}
+    # no class list: the dataset's targets per task label
+    exp.classes_in_this_experience = None
+    assert experience_task_classes(exp) == {1: [2, 3]}

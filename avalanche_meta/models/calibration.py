@@ -9,7 +9,31 @@ bias) and adds calibration parameters:
   (output, input) channel pair, tiled over the kernel. WCM also brings a calibration
   bias ``psi_bias`` (see below).
 - feature calibration (FCM), ``lam`` (the paper's ``lambda``): one scale per output
-  unit / channel applied to the layer's output, before any batch norm.
+  unit / channel applied to the layer's output (``scalar_fcm=True``: one scale for
+  the whole layer, e.g. a single logit temperature on the output layer).
+
+Where FCM acts relative to batch norm (``fcm_position`` of :func:`calibrate`). The
+paper's layer is ``act(BN(Omega_lambda(F) (+) F))``: the scale comes *before* the
+batch norm, and that is the default (``"before_bn"``), for fidelity. In training
+mode a batch norm normalises each channel by its batch statistics, so
+``BN(lam * h) = BN(h)`` up to BN's ``eps``: a per-channel FCM before a batch norm is
+cancelled and gets almost no gradient (measured on a conv + BN block: ``|dL/dlam|``
+about 1e-3 against ``|dL/dpsi|`` about 25). On the reduced ResNet-18, where every
+convolution feeds a batch norm, FCM is then inert by construction. ``"after_bn"``
+moves the scale after the batch norm that directly follows the layer
+(:class:`BatchNormFeatureScale`: ``lam * BN(h)``), where it is not cancelled; layers
+without a following batch norm keep FCM on their output either way.
+
+On a linear layer WCM and FCM are the same per-output scale: ``lam * (psi * Wx + b +
+psi_bias)`` depends on ``psi`` and ``lam`` only through their product (and the bias
+offset ``psi_bias`` already spans ``lam * b``). :func:`calibrate` therefore gives a
+linear layer that has both only ``psi`` and ``psi_bias`` (``merge_linear_fcm=True``,
+the default): the paper's pair is an over-parametrisation of one scale, whose only
+effects are a doubled effective step size at initialisation (the product of two
+parameters moves by ``(psi^2 + lam^2) g`` per SGD step) and that term (a) of the
+calibration loss, which reads ``theta~ = psi * theta``, never reaches ``lam``.
+``merge_linear_fcm=False`` keeps the literal pair. Convolutions keep both: their
+``psi`` is per (output, input) channel pair, ``lam`` per output channel.
 
 How the calibrated output is combined with the uncalibrated one (``combine``). The
 paper's Eq. 4 writes ``Omega_lambda(F) (+) F`` (an addition), the paper's reading code
@@ -18,9 +42,11 @@ multiplies. Both are offered, and both are the identity at initialisation:
 - ``"multiply"`` (default, the reading code): ``h' = lam * h``, ``lam`` starts at 1;
 - ``"add"`` (Eq. 4): ``h' = h + lam * h``, ``lam`` starts at 0.
 
-For a per-channel scale they span the same functions (``1 + lam`` vs ``lam``); they
-differ in where the parameter starts and therefore in its gradient scale under
-learning-rate or weight-decay choices.
+The two are the same parametrisation shifted by a constant (``1 + lam`` vs ``lam``,
+with the same gradient): under the plain SGD of the calibration update (no momentum,
+no weight decay) they give identical trajectories, up to rounding. They would differ
+only under weight decay (which pulls ``lam`` towards 0, i.e. towards the identity in
+``"add"`` mode and towards a zero output in ``"multiply"`` mode).
 
 Calibration bias: the paper lets a calibration bias replace the layer bias,
 initialised to the base bias. We keep the base bias in ``theta`` (so the inner loop,
@@ -28,14 +54,16 @@ which only updates ``theta``, still learns it) and parametrise the calibration b
 an offset ``psi_bias`` initialised to 0: the calibrated bias is ``b + psi_bias``, which
 equals the paper's replacement bias at initialisation and spans the same values.
 
-Without autograd (evaluation under ``torch.no_grad()``), a calibrated layer folds its
-calibration into one weight and bias (``lam * theta~``, ``lam * b~``; cached until a
-parameter changes) and runs exactly one plain kernel: the calibrated model then costs
-what the plain one does. With autograd, the forward pass materialises ``theta~`` and calls the same kernel as the plain
-layer (``F.linear`` / ``conv2d`` with ``theta~`` and the calibrated bias), so at
-initialisation the output is bitwise equal to the plain layer's (``psi * W`` with
-``psi = 1`` is exact). Computing ``psi * (x W^T)`` instead would avoid the ``O x I``
-product but changes the rounding (``addmm`` vs ``mm`` then ``add``).
+Forward passes. Without autograd (evaluation under ``torch.no_grad()``), a
+calibrated layer folds its calibration into one weight and bias (``lam * theta~``,
+``lam * b~``; cached until a parameter changes) and runs exactly one plain kernel:
+the calibrated model then costs what the plain one does. With autograd, a
+convolution materialises ``theta~ = psi * theta`` and calls the plain layer's kernel
+with it and the calibrated bias. A linear layer does not form ``psi * W``: since
+``psi`` scales whole rows, it computes ``W x`` with the plain kernel and then
+``psi * (W x) + b + psi_bias`` (``addcmul``), then the FCM scale; the result equals
+the paper's formula up to rounding (the tests check ``allclose``, and equality at
+initialisation, where every scale is 1).
 
 This module also holds the maths of the calibration update, as plain functions used
 by both :class:`avalanche_meta.strategies.NeuronCalibration` and
@@ -65,6 +93,13 @@ from avalanche_meta.utils.validation import check_choice, check_positive
 
 COMBINE_MODES = ("multiply", "add")
 
+#: Where feature calibration acts relative to a following batch norm.
+FCM_POSITIONS = ("before_bn", "after_bn")
+
+#: Which layers :func:`calibrate` converts: all, all but the output layer (the last
+#: ``nn.Linear``), or the output layer only.
+LAYER_SETS = ("all", "hidden", "output")
+
 #: Names of the calibration parameters inside a calibrated layer.
 CALIBRATION_NAMES = ("psi", "psi_bias", "lam")
 
@@ -79,7 +114,13 @@ class _Calibrated(nn.Module):
     bias: Optional[nn.Parameter]
 
     def _init_calibration(
-        self, psi_shape: Tuple[int, ...], out: int, wcm: bool, fcm: bool, combine: str
+        self,
+        psi_shape: Tuple[int, ...],
+        out: int,
+        wcm: bool,
+        fcm: bool,
+        combine: str,
+        scalar_fcm: bool = False,
     ) -> None:
         if not (wcm or fcm):
             raise ValueError(
@@ -100,7 +141,8 @@ class _Calibrated(nn.Module):
             self.register_parameter("psi_bias", None)
         if fcm:
             start = 1.0 if combine == "multiply" else 0.0
-            self.lam = nn.Parameter(torch.full((out,), start, device=dev, dtype=dt))
+            n = 1 if scalar_fcm else out
+            self.lam = nn.Parameter(torch.full((n,), start, device=dev, dtype=dt))
         else:
             self.register_parameter("lam", None)
 
@@ -157,7 +199,10 @@ class _Calibrated(nn.Module):
 
 class CalibratedLinear(_Calibrated, nn.Linear):
     """A linear layer with weight calibration (``psi``, shape ``(O,)``) and feature
-    calibration (``lam``, shape ``(O,)``). Identity at initialisation.
+    calibration (``lam``, shape ``(O,)``, or ``(1,)`` with ``scalar_fcm``). Identity
+    at initialisation. Both at once are an over-parametrisation of one per-output
+    scale (see the module docstring); :func:`calibrate` keeps ``psi`` only unless
+    told otherwise, this class builds what it is asked for.
 
     :param in_features: input features.
     :param out_features: output units.
@@ -165,6 +210,7 @@ class CalibratedLinear(_Calibrated, nn.Linear):
     :param wcm: weight calibration (``psi`` and the calibration bias ``psi_bias``).
     :param fcm: feature calibration (``lam``).
     :param combine: ``"multiply"`` (``lam * h``) or ``"add"`` (``h + lam * h``).
+    :param scalar_fcm: one FCM scale for the whole layer instead of one per unit.
     """
 
     def __init__(
@@ -176,11 +222,14 @@ class CalibratedLinear(_Calibrated, nn.Linear):
         wcm: bool = True,
         fcm: bool = True,
         combine: str = "multiply",
+        scalar_fcm: bool = False,
         device=None,
         dtype=None,
     ):
         nn.Linear.__init__(self, in_features, out_features, bias, device, dtype)
-        self._init_calibration((out_features,), out_features, wcm, fcm, combine)
+        self._init_calibration(
+            (out_features,), out_features, wcm, fcm, combine, scalar_fcm
+        )
 
     @classmethod
     def from_layer(cls, layer: nn.Linear, **options) -> "CalibratedLinear":
@@ -196,6 +245,7 @@ class CalibratedLinear(_Calibrated, nn.Linear):
             options.get("wcm", True),
             options.get("fcm", True),
             options.get("combine", "multiply"),
+            options.get("scalar_fcm", False),
         )
         new.train(layer.training)
         return new
@@ -234,7 +284,7 @@ class CalibratedConv2d(_Calibrated, nn.Conv2d):
     """A 2-d convolution with weight calibration (``psi``, shape ``(O, I/groups, 1, 1)``,
     tiled over the kernel) and feature calibration (``lam``, one scale per output
     channel). Identity at initialisation. Arguments as :class:`torch.nn.Conv2d`, plus
-    ``wcm``, ``fcm`` and ``combine`` as in :class:`CalibratedLinear`.
+    ``wcm``, ``fcm``, ``combine`` and ``scalar_fcm`` as in :class:`CalibratedLinear`.
     """
 
     def __init__(
@@ -252,6 +302,7 @@ class CalibratedConv2d(_Calibrated, nn.Conv2d):
         wcm: bool = True,
         fcm: bool = True,
         combine: str = "multiply",
+        scalar_fcm: bool = False,
         device=None,
         dtype=None,
     ):
@@ -270,7 +321,12 @@ class CalibratedConv2d(_Calibrated, nn.Conv2d):
             dtype,
         )
         self._init_calibration(
-            (out_channels, in_channels // groups, 1, 1), out_channels, wcm, fcm, combine
+            (out_channels, in_channels // groups, 1, 1),
+            out_channels,
+            wcm,
+            fcm,
+            combine,
+            scalar_fcm,
         )
 
     @classmethod
@@ -300,6 +356,7 @@ class CalibratedConv2d(_Calibrated, nn.Conv2d):
             options.get("wcm", True),
             options.get("fcm", True),
             options.get("combine", "multiply"),
+            options.get("scalar_fcm", False),
         )
         new.train(layer.training)
         return new
@@ -320,36 +377,130 @@ class CalibratedConv2d(_Calibrated, nn.Conv2d):
 CalibratedLayer = Union[CalibratedLinear, CalibratedConv2d]
 
 
+class BatchNormFeatureScale(nn.Module):
+    """Feature calibration after a batch norm: ``lam * BN(h)`` (``"multiply"``) or
+    ``BN(h) + lam * BN(h)`` (``"add"``), one ``lam`` per channel (or one for the
+    layer with ``scalar_fcm``). Identity at initialisation.
+
+    Used by :func:`calibrate` with ``fcm_position="after_bn"``, in place of the
+    batch norm that directly follows a calibrated layer. The batch norm is kept as
+    the child ``bn`` (its affine parameters and running statistics are base
+    parameters / buffers); ``lam`` is a calibration parameter.
+
+    :param bn: the batch norm to wrap.
+    :param combine: ``"multiply"`` or ``"add"``.
+    :param scalar_fcm: one scale for all channels.
+    """
+
+    def __init__(
+        self, bn: nn.modules.batchnorm._BatchNorm, combine: str, scalar_fcm=False
+    ):
+        super().__init__()
+        check_choice("combine", combine, COMBINE_MODES)
+        self.bn, self.combine = bn, combine
+        start = 1.0 if combine == "multiply" else 0.0
+        n = 1 if scalar_fcm else bn.num_features
+        ref = bn.running_mean if bn.running_mean is not None else torch.zeros(1)
+        self.lam = nn.Parameter(
+            torch.full((n,), start, device=ref.device, dtype=ref.dtype)
+        )
+
+    def feature_scale(self) -> Tensor:
+        """The per-channel factor (``lam`` or ``1 + lam``)."""
+        return self.lam if self.combine == "multiply" else 1.0 + self.lam
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.bn(x)
+        shape = (1, -1) + (1,) * (h.dim() - 2)
+        return h * self.feature_scale().view(shape)
+
+    def extra_repr(self) -> str:
+        return f"combine={self.combine!r}"
+
+
 class CalibratedBasicBlock(BasicBlock):
     """The residual block of :class:`~avalanche_meta.models.resnet.ReducedResNet18` with
-    calibrated convolutions (both 3x3 convolutions and the 1x1 shortcut). FCM scales
-    each convolution's output before its batch norm, as in the paper's Eq. 4
-    (``act(BN(Omega_lambda(F) (+) F))``). Identity at initialisation.
+    calibrated convolutions (both 3x3 convolutions and the 1x1 shortcut). With the
+    default ``fcm_position="before_bn"``, FCM scales each convolution's output
+    before its batch norm, as in the paper's Eq. 4 (``act(BN(Omega_lambda(F) (+)
+    F))``), where training-mode batch norm cancels it; ``fcm_position="after_bn"``
+    scales the batch norm's output instead (see the module docstring). Identity at
+    initialisation.
 
     :param in_planes: input channels.
     :param planes: output channels.
     :param stride: stride of the first convolution.
-    :param options: ``wcm``, ``fcm``, ``combine`` as in :func:`calibrate`.
+    :param options: ``wcm``, ``fcm``, ``combine``, ``fcm_position``, ``scalar_fcm``
+        as in :func:`calibrate`.
     """
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, **options):
         super().__init__(in_planes, planes, stride)
-        _replace_layers(self, options)
+        options = _layer_options(**options)
+        _replace_layers(self, options, skip=set())
 
 
-def _replace_layers(module: nn.Module, options: dict) -> int:
+def _layer_options(
+    wcm: bool = True,
+    fcm: bool = True,
+    combine: str = "multiply",
+    fcm_position: str = "before_bn",
+    scalar_fcm: bool = False,
+    merge_linear_fcm: bool = True,
+) -> dict:
+    check_choice("combine", combine, COMBINE_MODES)
+    check_choice("fcm_position", fcm_position, FCM_POSITIONS)
+    if not (wcm or fcm):
+        raise ValueError(
+            "calibration needs weight calibration (`wcm=True`), feature calibration "
+            "(`fcm=True`) or both; got neither."
+        )
+    return {
+        "wcm": bool(wcm),
+        "fcm": bool(fcm),
+        "combine": combine,
+        "fcm_position": fcm_position,
+        "scalar_fcm": bool(scalar_fcm),
+        "merge_linear_fcm": bool(merge_linear_fcm),
+    }
+
+
+def _replace_layers(module: nn.Module, options: dict, skip: set) -> int:
+    """Convert the plain ``nn.Linear`` / ``nn.Conv2d`` under ``module`` (but the
+    modules whose ``id`` is in ``skip``). With ``fcm_position="after_bn"``, a layer
+    whose next sibling (the next child registered in the same parent) is a batch
+    norm gets no ``lam``; the batch norm is wrapped in a
+    :class:`BatchNormFeatureScale` instead."""
     count = 0
-    for name, child in list(module.named_children()):
-        if isinstance(child, _Calibrated):
+    children = list(module.named_children())
+    for i, (name, child) in enumerate(children):
+        if isinstance(child, (_Calibrated, BatchNormFeatureScale)):
             continue
-        if type(child) is nn.Linear:
-            setattr(module, name, CalibratedLinear.from_layer(child, **options))
-            count += 1
-        elif type(child) is nn.Conv2d:
-            setattr(module, name, CalibratedConv2d.from_layer(child, **options))
+        if type(child) in (nn.Linear, nn.Conv2d):
+            if id(child) in skip:
+                continue
+            opts = {k: options[k] for k in ("wcm", "fcm", "combine", "scalar_fcm")}
+            nxt = children[i + 1][1] if i + 1 < len(children) else None
+            bn_after = isinstance(nxt, nn.modules.batchnorm._BatchNorm)
+            if opts["fcm"] and bn_after and options["fcm_position"] == "after_bn":
+                setattr(
+                    module,
+                    children[i + 1][0],
+                    BatchNormFeatureScale(nxt, opts["combine"], opts["scalar_fcm"]),
+                )
+                opts["fcm"] = False
+                if not opts["wcm"]:  # nothing left to calibrate on the layer itself
+                    count += 1
+                    continue
+            if type(child) is nn.Linear:
+                if opts["wcm"] and opts["fcm"] and options["merge_linear_fcm"]:
+                    opts["fcm"] = False  # the same per-output scale as psi
+                setattr(module, name, CalibratedLinear.from_layer(child, **opts))
+            else:
+                setattr(module, name, CalibratedConv2d.from_layer(child, **opts))
             count += 1
         else:
-            count += _replace_layers(child, options)
+            count += _replace_layers(child, options, skip)
     return count
 
 
@@ -358,10 +509,37 @@ def calibrated_layers(model: nn.Module) -> List[CalibratedLayer]:
     return [m for m in model.modules() if isinstance(m, _Calibrated)]
 
 
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The output layer of ``model``: its last ``nn.Linear`` (calibrated or not) in
+    module-registration order. :raises ValueError: if there is none."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Linear layer: there is no output layer "
+            "to find (calibrate with layers='all', or pass `num_classes`)."
+        )
+    return linears[-1]
+
+
+def is_calibrated(model: nn.Module) -> bool:
+    """True if :func:`calibrate` (or a calibrated layer) is already in ``model``."""
+    return any(
+        isinstance(m, (_Calibrated, BatchNormFeatureScale)) for m in model.modules()
+    )
+
+
 def calibrate(
-    model: nn.Module, *, wcm: bool = True, fcm: bool = True, combine: str = "multiply"
+    model: nn.Module,
+    *,
+    wcm: bool = True,
+    fcm: bool = True,
+    combine: str = "multiply",
+    fcm_position: str = "before_bn",
+    layers: str = "all",
+    scalar_fcm: bool = False,
+    merge_linear_fcm: bool = True,
 ) -> nn.Module:
-    """Turn every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` into a calibrated layer.
+    """Turn the ``nn.Linear`` and ``nn.Conv2d`` layers of ``model`` into calibrated layers.
 
     In place; the calibrated layers share the original weight and bias tensors, so
     the model computes exactly what it did before (identity at initialisation).
@@ -371,29 +549,57 @@ def calibrate(
     :param wcm: weight calibration (``psi`` and the calibration bias).
     :param fcm: feature calibration (``lam``).
     :param combine: ``"multiply"`` (reading code) or ``"add"`` (paper's Eq. 4).
+    :param fcm_position: ``"before_bn"`` (default, the paper's Eq. 4: the scale is
+        applied to the layer output, before a following batch norm, which cancels
+        it in training mode) or ``"after_bn"`` (after the batch norm that directly
+        follows a layer; see the module docstring).
+    :param layers: ``"all"``, ``"hidden"`` (every layer but the output layer, the
+        last ``nn.Linear``, which stays plain) or ``"output"`` (the output layer
+        only).
+    :param scalar_fcm: one FCM scale per layer instead of one per unit / channel.
+        ``layers="output", wcm=False, fcm=True, scalar_fcm=True`` is a single learned
+        logit scale (an inverse temperature) on the output layer.
+    :param merge_linear_fcm: a linear layer with both WCM and FCM keeps ``psi``
+        only (the two are the same per-output scale, see the module docstring);
+        ``False`` keeps the paper's literal pair.
     :return: ``model`` itself.
-    :raises ValueError: if ``model`` is already calibrated or has no linear or
-        convolutional layer.
+    :raises ValueError: if ``model`` is already calibrated or has no layer to
+        convert.
     """
-    if calibrated_layers(model):
+    if is_calibrated(model):
         raise ValueError(
             "`calibrate` was applied to a model that is already calibrated; call it "
             "once, on the plain model."
         )
-    check_choice("combine", combine, COMBINE_MODES)
     if not (wcm or fcm):
         raise ValueError("`calibrate` needs `wcm=True`, `fcm=True` or both.")
+    options = _layer_options(
+        wcm, fcm, combine, fcm_position, scalar_fcm, merge_linear_fcm
+    )
+    check_choice("layers", layers, LAYER_SETS)
     if type(model) in (nn.Linear, nn.Conv2d):
         raise ValueError(
             "`calibrate` converts the layers inside a model; for a single layer use "
             "CalibratedLinear.from_layer / CalibratedConv2d.from_layer."
         )
-    n = _replace_layers(model, {"wcm": wcm, "fcm": fcm, "combine": combine})
+    skip: set = set()
+    if layers != "all":
+        head = output_layer(model)
+        if layers == "hidden":
+            skip = {id(head)}
+        else:
+            skip = {
+                id(m)
+                for m in model.modules()
+                if type(m) in (nn.Linear, nn.Conv2d) and m is not head
+            }
+    n = _replace_layers(model, options, skip)
     if n == 0:
         raise ValueError(
-            f"`calibrate` found no nn.Linear or nn.Conv2d layer in {type(model).__name__}: "
-            "there is nothing to calibrate (layers of other types, or subclasses of "
-            "these, are not converted)."
+            f"`calibrate` found no nn.Linear or nn.Conv2d layer to convert in "
+            f"{type(model).__name__} (layers={layers!r}): there is nothing to "
+            "calibrate (layers of other types, or subclasses of these, are not "
+            "converted)."
         )
     return model
 
@@ -475,7 +681,7 @@ def fisher_importance(
 
     :param loss: the memory distillation loss at the current parameters.
     :param model: the calibrated model.
-    :param normalize: divide by the mean importance.
+    :param normalize: divide by the largest importance (over all calibrated layers).
     :return: one detached tensor per calibrated layer, shaped like its weight.
     """
     layers = calibrated_layers(model)
@@ -507,6 +713,8 @@ def consolidation_loss(
         (L * (w - w_old).pow(2)).sum()
         for w, w_old, L in zip(theta_tilde, theta_tilde_old, Lambda)
     ]
+    if not terms:  # no calibrated weight (e.g. FCM after batch norm only)
+        return torch.zeros(())
     return 0.5 * torch.stack(terms).sum()
 
 
@@ -672,9 +880,12 @@ __all__ = [
     "CalibratedLinear",
     "CalibratedConv2d",
     "CalibratedBasicBlock",
+    "BatchNormFeatureScale",
     "CalibrationMemory",
     "calibrate",
     "calibrated_layers",
+    "is_calibrated",
+    "output_layer",
     "base_parameters",
     "calibration_parameters",
     "named_base_parameters",

@@ -17,7 +17,10 @@ the host strategy is built; the plugin removes the calibration parameters from t
 host's optimizer at every experience (Avalanche's ``make_optimizer`` adds them).
 
 Logits are masked as the host sees them: the raw model output (``strategy.mb_output``
-semantics) unless an :class:`~avalanche_meta.utils.scenario.ActiveUnits` is given.
+semantics) unless an :class:`~avalanche_meta.utils.scenario.ActiveUnits` is given;
+that mask gets each experience's declared classes when training on it starts (see
+:func:`~avalanche_meta.strategies.neuron_calibration.experience_task_classes`) and
+the labels of every batch.
 
 Example::
 
@@ -39,12 +42,12 @@ from torch import Tensor, nn
 
 from avalanche_meta.models.calibration import (
     CalibrationMemory,
-    calibrated_layers,
     calibrated_weights,
     calibration_parameters,
     consolidation_loss,
     distillation_kl,
     fisher_importance,
+    is_calibrated,
     remove_from_optimizer,
 )
 from avalanche_meta.utils.scenario import ActiveUnits
@@ -111,7 +114,7 @@ class CalibrationPlugin(SupervisedPlugin):
 
     def before_training(self, strategy, **kwargs):
         self._train_calls += 1
-        if not calibrated_layers(strategy.model):
+        if not is_calibrated(strategy.model):
             raise ValueError(
                 "CalibrationPlugin needs a calibrated model: build the strategy with "
                 "`model=calibrate(model)` (avalanche_meta.models.calibrate)."
@@ -130,6 +133,16 @@ class CalibrationPlugin(SupervisedPlugin):
         key = self._experience_key(strategy.experience)
         if self._last_exp is not None and key != self._last_exp:
             self.task_index += 1
+        if self.active_units is not None and (
+            key != self._last_exp or key[0] == "call"
+        ):
+            from avalanche_meta.strategies.neuron_calibration import (
+                experience_task_classes,
+            )
+
+            for task, classes in experience_task_classes(strategy.experience).items():
+                if classes:
+                    self.active_units.observe_classes(classes, task)
         self._last_exp = key
         self.memory.start_task(self.task_index)
 

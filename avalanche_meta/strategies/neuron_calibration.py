@@ -37,10 +37,28 @@ Where this departs from, or fixes what the paper leaves open:
 - Task-IL and Class-IL use one head masked by
   :class:`~avalanche_meta.utils.scenario.ActiveUnits` (Task-IL: each sample's task
   classes; Class-IL: every class seen so far); Avalanche multi-head models are
-  refused, because heads created later would not be calibrated;
+  refused, because heads created later would not be calibrated. The masks take a
+  task's classes from the experience's declared classes when training on it starts
+  (:func:`experience_task_classes`: the origin experience of an online
+  sub-experience when readable, ``classes_in_this_experience`` and the task label,
+  or the dataset's targets per task label), so that every class of the task is
+  active from its first mini-batch; labels observed in the batches are added too
+  (the only source when no class list is readable);
 - with ``second_order=True`` the inner steps of outer iterations run on a clone,
   so plugins' forward/backward/update callbacks fire only in the first-order inner
   steps (the first task, or ``second_order=False``).
+
+Controls (not in the paper; for the ablations of ``reproduce nccl``):
+
+- ``outer_loop=False``: no outer step at all (no Fisher importance either); the
+  calibration parameters stay at their initial values, so the model computes what
+  the plain one does, with exactly the same inner loop and replay budget;
+- ``calibration="temperature"``: the only calibration parameter is one scalar logit
+  scale on the output layer (FCM, ``scalar_fcm``), trained by the same outer loop;
+- ``calibration="hidden"``: every layer but the output layer is calibrated, the
+  output layer stays plain;
+- ``fcm_position="after_bn"``: FCM after the batch norm that follows a layer (see
+  :mod:`avalanche_meta.models.calibration`; irrelevant for MLPs).
 
 Task boundaries: the task index grows when the training experience changes: the
 origin experience of an online sub-experience when it is readable
@@ -73,26 +91,80 @@ from torch import Tensor, nn
 from torch.nn import CrossEntropyLoss
 
 from avalanche_meta.models.calibration import (
-    CalibratedLinear,
+    FCM_POSITIONS,
     CalibrationMemory,
     calibrate,
-    calibrated_layers,
     calibrated_weights,
     calibration_parameters,
     consolidation_loss,
     distillation_kl,
     fisher_importance,
+    is_calibrated,
     is_calibration_parameter,
     named_base_parameters,
+    output_layer,
     remove_from_optimizer,
 )
 from avalanche_meta.utils.quiet_import import import_learn2learn
 from avalanche_meta.utils.scenario import ActiveUnits, check_scenario
 from avalanche_meta.utils.validation import (
+    check_choice,
     check_finite_loss,
     check_non_negative,
     check_positive,
 )
+
+#: The ``calibration`` choices of :class:`NeuronCalibration`.
+CALIBRATION_MODES = ("full", "hidden", "temperature")
+
+
+def experience_task_classes(exp) -> Dict[int, List[int]]:
+    """The classes an experience declares, per task label: ``{task: [classes]}``.
+
+    Reads the origin experience of an online sub-experience when it is readable
+    (``access_task_boundaries=True``), else the experience itself. With one task
+    label and a ``classes_in_this_experience`` list, that list; otherwise the
+    dataset's ``targets`` grouped by ``targets_task_labels`` (task 0 when the
+    dataset has no task labels). Empty if nothing is readable.
+    """
+    src = exp
+    if isinstance(exp, OnlineCLExperience):
+        try:
+            origin = exp.origin_experience
+            if origin is not None:
+                src = origin
+        except (MaskedAttributeError, AttributeError):
+            pass
+
+    def read(obj, name):
+        try:
+            return getattr(obj, name, None)
+        except (MaskedAttributeError, AttributeError):
+            return None
+
+    tasks = read(src, "task_labels")
+    classes = read(src, "classes_in_this_experience")
+    if tasks is None:
+        tasks = read(exp, "task_labels")
+    if classes is None and src is not exp:
+        classes = read(exp, "classes_in_this_experience")
+    if classes is not None and tasks is not None and len(list(tasks)) == 1:
+        return {int(list(tasks)[0]): sorted(int(c) for c in classes)}
+    ds = read(src, "dataset")
+    targets = None if ds is None else read(ds, "targets")
+    if targets is None:
+        return {}
+    y = torch.as_tensor(list(targets)).long().flatten()
+    t_labels = read(ds, "targets_task_labels")
+    t = (
+        torch.zeros_like(y)
+        if t_labels is None
+        else torch.as_tensor(list(t_labels)).long().flatten()
+    )
+    out: Dict[int, List[int]] = {}
+    for task in sorted(set(t.tolist())):
+        out[int(task)] = sorted(set(y[t == task].tolist()))
+    return out
 
 
 def _clip(
@@ -143,7 +215,18 @@ class NeuronCalibration(SupervisedTemplate):
     :param wcm: weight calibration (when ``model`` is not calibrated yet).
     :param fcm: feature calibration (when ``model`` is not calibrated yet).
     :param combine: ``"multiply"`` or ``"add"`` (see :mod:`avalanche_meta.models.calibration`).
-    :param num_classes: output units (default: the last calibrated linear layer's).
+    :param fcm_position: ``"before_bn"`` (paper, default) or ``"after_bn"`` (when
+        ``model`` is not calibrated yet; matters only for layers followed by a
+        batch norm).
+    :param calibration: which calibration a plain ``model`` gets: ``"full"`` (every
+        layer, ``wcm``/``fcm`` as given), ``"hidden"`` (every layer but the output
+        layer) or ``"temperature"`` (one scalar logit scale on the output layer,
+        nothing else). An already calibrated ``model`` is used as is (then
+        ``calibration``, ``wcm``, ``fcm``, ``combine``, ``fcm_position`` are ignored).
+    :param outer_loop: run the outer (calibration) step; ``False`` is the control
+        "same inner loop, no calibration update".
+    :param num_classes: output units (default: the output layer's, the model's last
+        ``nn.Linear``).
     """
 
     def __init__(
@@ -168,6 +251,9 @@ class NeuronCalibration(SupervisedTemplate):
         wcm: bool = True,
         fcm: bool = True,
         combine: str = "multiply",
+        fcm_position: str = "before_bn",
+        calibration: str = "full",
+        outer_loop: bool = True,
         num_classes: Optional[int] = None,
         train_mb_size: int = 10,
         train_epochs: int = 1,
@@ -195,6 +281,8 @@ class NeuronCalibration(SupervisedTemplate):
             check_non_negative(name, value)
         if grad_clip is not None:
             check_positive("grad_clip", grad_clip)
+        check_choice("calibration", calibration, CALIBRATION_MODES)
+        check_choice("fcm_position", fcm_position, FCM_POSITIONS)
         if isinstance(model, MultiTaskModule):
             raise ValueError(
                 "NeuronCalibration uses one output head masked per task (Task-IL) or "
@@ -203,18 +291,33 @@ class NeuronCalibration(SupervisedTemplate):
             )
         if second_order:
             self._check_plain_sgd(optimizer)
-        if not calibrated_layers(model):
-            calibrate(model, wcm=wcm, fcm=fcm, combine=combine)
-        if num_classes is None:
-            heads = [
-                m for m in calibrated_layers(model) if isinstance(m, CalibratedLinear)
-            ]
-            if not heads:
-                raise ValueError(
-                    "cannot infer the number of classes (no calibrated linear layer): "
-                    "pass `num_classes`."
+        if not is_calibrated(model):
+            if calibration == "temperature":
+                calibrate(
+                    model,
+                    wcm=False,
+                    fcm=True,
+                    combine=combine,
+                    layers="output",
+                    scalar_fcm=True,
                 )
-            num_classes = heads[-1].out_features
+            else:
+                calibrate(
+                    model,
+                    wcm=wcm,
+                    fcm=fcm,
+                    combine=combine,
+                    fcm_position=fcm_position,
+                    layers="all" if calibration == "full" else "hidden",
+                )
+        if num_classes is None:
+            try:
+                num_classes = output_layer(model).out_features
+            except ValueError:
+                raise ValueError(
+                    "cannot infer the number of classes (no nn.Linear layer): "
+                    "pass `num_classes`."
+                ) from None
         super().__init__(
             model=model,
             optimizer=optimizer,
@@ -235,6 +338,7 @@ class NeuronCalibration(SupervisedTemplate):
         self.gamma, self.reg, self.T = gamma, reg, temperature
         self.beta, self.consolidation = beta, consolidation
         self.second_order, self.grad_clip = bool(second_order), grad_clip
+        self.outer_loop = bool(outer_loop)
         self.model.to(self.device)
         self.memory = CalibrationMemory(mem_size).to(self.device)
         self.active_units = ActiveUnits(num_classes, scenario).to(self.device)
@@ -302,6 +406,11 @@ class NeuronCalibration(SupervisedTemplate):
         key = self._experience_key()
         if self._boundary_key is not None and key != self._boundary_key:
             self.task_index += 1
+        if key != self._boundary_key or key[0] == "call":
+            # a new experience: make its declared classes active from its first batch
+            for task, classes in experience_task_classes(self.experience).items():
+                if classes:
+                    self.active_units.observe_classes(classes, task)
         self._boundary_key = key
         self.memory.start_task(self.task_index)
         super()._before_training_exp(**kwargs)
@@ -372,7 +481,11 @@ class NeuronCalibration(SupervisedTemplate):
         self.active_units.observe(y, t)
         self._sample_replay()
         past = self.memory.sample(self.mem_batch_size, exclude_task=k)
-        outer = past is not None and (self.beta > 0 or self.consolidation > 0)
+        outer = (
+            self.outer_loop
+            and past is not None
+            and (self.beta > 0 or self.consolidation > 0)
+        )
 
         Lambda, theta_tilde_old = None, None
         if outer:
