@@ -4,11 +4,20 @@
 - ``avalanche-meta reproduce mer-mnist [--quick] [--seeds N]``
 - ``avalanche-meta bench mer [--quick]``
 
-Presets are the paper's hyper-parameters (Riemer et al. 2019, SPEC.md section 1):
-``lr`` (the inner SGD alpha), ``beta``, ``gamma``, ``replay_batch_size`` (k),
-``batches_per_example`` (s) for MNIST Rotations / Permutations / Many Permutations at
-5120, 500 and 200 memories. The ER presets use the same memory, learning rate and
-replay batch (the paper tuned ER separately; those values are not in SPEC.md).
+Presets are the settings of the original code's runs (``mer_examples.sh`` of
+mattriemer/MER; SPEC.md section 1) for MNIST Rotations / Permutations / Many
+Permutations at 5120, 500 and 200 memories, with ``convention="original"``: a batch
+is the current example plus ``k`` memories (``replay_batch_size`` = the code's
+``--replay_batch_size``), reservoir draw ``randint(0, age)``.
+
+- MER Algorithm 1 (``<protocol>-<mem>``): ``lr`` (alpha), ``beta``, ``gamma``, ``k``,
+  ``s``.
+- MER Algorithm 6 (``alg6-<protocol>-<mem>``): ``lr``, ``gamma``, ``k``; ``s = 1``
+  (the code's default ``--batches_per_example``, which its Algorithm 6 runs do not
+  set); Reptile with ``gamma`` after every batch, as the code.
+- MER Algorithm 7 (``alg7-<protocol>-<mem>``): ``lr``, ``gamma``, ``k``, ``s``.
+- ER (Algorithm 4, ``eralg4.py``, same preset names as Algorithm 1): lr 0.1 and
+  the code's own ``k`` per protocol and memory.
 """
 
 from __future__ import annotations
@@ -42,6 +51,43 @@ PAPER_HP: Dict[Tuple[str, int], Tuple[float, float, float, int, int]] = {
     ("permutations", 200): (0.03, 0.03, 1.0, 10, 10),
 }
 
+#: MER Algorithm 6 in the original code (lr, gamma, k) [V: mer_examples.sh].
+ALG6_HP: Dict[Tuple[str, int], Tuple[float, float, int]] = {
+    ("rotations", 5120): (0.03, 0.1, 100),
+    ("rotations", 500): (0.1, 0.03, 10),
+    ("rotations", 200): (0.1, 0.03, 25),
+    ("permutations", 5120): (0.03, 0.1, 50),
+    ("permutations", 500): (0.03, 0.3, 10),
+    ("permutations", 200): (0.1, 0.03, 5),
+    ("many", 5120): (0.03, 0.1, 25),
+    ("many", 500): (0.1, 0.03, 5),
+}
+
+#: MER Algorithm 7 in the original code (lr, gamma, k, s) [V: mer_examples.sh].
+ALG7_HP: Dict[Tuple[str, int], Tuple[float, float, int, int]] = {
+    ("rotations", 5120): (0.03, 0.03, 100, 5),
+    ("rotations", 500): (0.03, 0.03, 50, 5),
+    ("rotations", 200): (0.03, 0.03, 50, 5),
+    ("permutations", 5120): (0.01, 0.1, 100, 10),
+    ("permutations", 500): (0.01, 0.1, 25, 10),
+    ("permutations", 200): (0.03, 0.1, 5, 2),
+    ("many", 5120): (0.03, 0.03, 100, 10),
+    ("many", 500): (0.03, 0.03, 5, 10),
+}
+
+#: ER (Algorithm 4, eralg4.py): lr 0.1 and its own k (memories per batch) [V].
+ER_LR = 0.1
+ER_K: Dict[Tuple[str, int], int] = {
+    ("rotations", 5120): 25,
+    ("rotations", 500): 5,
+    ("rotations", 200): 10,
+    ("permutations", 5120): 25,
+    ("permutations", 500): 10,
+    ("permutations", 200): 10,
+    ("many", 5120): 25,
+    ("many", 500): 25,
+}
+
 MER_PRESETS: Dict[str, Dict[str, Any]] = {
     f"{protocol}-{mem}": {
         "mem_size": mem,
@@ -50,13 +96,48 @@ MER_PRESETS: Dict[str, Dict[str, Any]] = {
         "gamma": gamma,
         "replay_batch_size": k,
         "batches_per_example": s,
+        "variant": "alg1",
+        "convention": "original",
     }
     for (protocol, mem), (lr, beta, gamma, k, s) in PAPER_HP.items()
 }
+MER_PRESETS.update(
+    {
+        f"alg6-{protocol}-{mem}": {
+            "mem_size": mem,
+            "lr": lr,
+            "gamma": gamma,
+            "replay_batch_size": k,
+            "batches_per_example": 1,
+            "variant": "alg6",
+            "convention": "original",
+        }
+        for (protocol, mem), (lr, gamma, k) in ALG6_HP.items()
+    }
+)
+MER_PRESETS.update(
+    {
+        f"alg7-{protocol}-{mem}": {
+            "mem_size": mem,
+            "lr": lr,
+            "gamma": gamma,
+            "replay_batch_size": k,
+            "batches_per_example": s,
+            "variant": "alg7",
+            "convention": "original",
+        }
+        for (protocol, mem), (lr, gamma, k, s) in ALG7_HP.items()
+    }
+)
 
 ER_PRESETS: Dict[str, Dict[str, Any]] = {
-    name: {key: hp[key] for key in ("mem_size", "lr", "replay_batch_size")}
-    for name, hp in MER_PRESETS.items()
+    f"{protocol}-{mem}": {
+        "mem_size": mem,
+        "lr": ER_LR,
+        "replay_batch_size": k,
+        "convention": "original",
+    }
+    for (protocol, mem), k in ER_K.items()
 }
 
 _COMMON: Dict[str, Param] = {
@@ -65,11 +146,16 @@ _COMMON: Dict[str, Param] = {
     "hidden": (str, "100,100", "hidden layer widths, comma separated"),
     "multihead": (bool, False, "Task-IL: one Avalanche head per task (else masks)"),
     "online_batch": (int, 1, "examples per step on non-online benchmarks"),
+    "convention": (
+        str,
+        "original",
+        "original (the MER code: batch = current + k memories) or paper (k in all)",
+    ),
 }
 
 MER_PARAMS: Dict[str, Param] = {
     **_COMMON,
-    "replay_batch_size": (int, 100, "k: batch = current example + k-1 memories"),
+    "replay_batch_size": (int, 100, "k: memories per batch (convention original)"),
     "batches_per_example": (int, 10, "s: batches per incoming example"),
     "beta": (float, 0.03, "within-batch Reptile rate (Algorithm 1)"),
     "gamma": (float, 1.0, "across-batch Reptile rate"),
@@ -79,7 +165,7 @@ MER_PARAMS: Dict[str, Param] = {
 
 ER_PARAMS: Dict[str, Param] = {
     **_COMMON,
-    "replay_batch_size": (int, 10, "k: batch = current example + k-1 memories"),
+    "replay_batch_size": (int, 10, "k: memories per batch (convention original)"),
 }
 
 EVAL_MB_SIZE = 512
@@ -178,10 +264,14 @@ QUICK_MEMORIES = {"rotations": (200,), "permutations": (200,), "many": (500,)}
 
 METHOD_LABELS = {
     "mer": "MER (ours, Alg. 1)",
-    "er": "ER (same memory)",
+    "er": "ER (Alg. 4, original settings)",
     "avalanche-mer": "Avalanche MER",
     "naive": "Naive (online SGD)",
+    "mer-alg6": "MER (ours, Alg. 6, code settings)",
+    "mer-alg7": "MER (ours, Alg. 7, code settings)",
 }
+#: Methods run when ``--only methods=`` is not given.
+DEFAULT_METHODS = ("mer", "er", "avalanche-mer", "naive")
 
 
 def _method_hparams(method: str, protocol: str, mem: int) -> Tuple[Optional[str], Dict]:
@@ -189,17 +279,19 @@ def _method_hparams(method: str, protocol: str, mem: int) -> Tuple[Optional[str]
     lr, beta, gamma, k, s = PAPER_HP[(protocol, mem)]
     if method == "mer":
         return f"{protocol}-{mem}", {}
+    if method in ("mer-alg6", "mer-alg7"):
+        return f"{method[4:]}-{protocol}-{mem}", {}
     if method == "er":
         return f"{protocol}-{mem}", {}
     if method == "avalanche-mer":
         # Avalanche's inner batch is the current mini-batch (1 example) plus
-        # batch_size_mem memories: k - 1 memories make the same batch size k.
+        # batch_size_mem memories: k memories, as the original code's batches.
         return None, {
             "lr": lr,
             "beta": beta,
             "gamma": gamma,
             "mem_size": mem,
-            "batch_size_mem": k - 1,
+            "batch_size_mem": k,
             "n_inner_steps": s,
             "batch_size": 1,
             "epochs": 1,
@@ -249,7 +341,12 @@ def reproduce_mer_mnist(ctx: ReproContext) -> None:
     seeds = ctx.seeds or (1 if ctx.quick else 3)
     streams = QUICK_STREAMS if ctx.quick else FULL_STREAMS
     memories = QUICK_MEMORIES if ctx.quick else FULL_MEMORIES
-    methods = list(ctx.extra.get("methods", METHOD_LABELS))
+    methods = list(ctx.extra.get("methods", DEFAULT_METHODS))
+    unknown = [m for m in methods if m not in METHOD_LABELS]
+    if unknown:
+        raise ValueError(
+            f"--only methods=: unknown {unknown}; known: {', '.join(METHOD_LABELS)}."
+        )
     protocols = list(ctx.extra.get("protocols", BENCHMARKS))
     if "memories" in ctx.extra:
         memories = {
@@ -262,11 +359,15 @@ def reproduce_mer_mnist(ctx: ReproContext) -> None:
         n_tasks, n_per_task = streams[protocol]
         for mem in memories[protocol]:
             for method in methods:
+                if method in ("mer-alg6", "mer-alg7"):
+                    table = ALG6_HP if method == "mer-alg6" else ALG7_HP
+                    if (protocol, mem) not in table:
+                        continue
                 preset, hp = _method_hparams(method, protocol, mem)
                 res = []
                 for seed in range(seeds):
                     r = ctx.run(
-                        method,
+                        "mer" if method.startswith("mer") else method,
                         BENCHMARKS[protocol],
                         scenario="domain",
                         seed=seed,
@@ -329,10 +430,13 @@ def reproduce_mer_mnist(ctx: ReproContext) -> None:
         "evaluated on its full 10,000-image test set; RA = mean final accuracy over "
         "tasks, LA = mean accuracy of each task right after learning it, BTI = RA - LA "
         "(percent; mean ± std over seeds).\n"
-        "- MER and ER: the paper's hyper-parameters for the protocol and memory "
-        "(ER: same lr, memory and replay batch k); Avalanche's MER: the same lr, beta, "
-        "gamma, memory, s inner batches of the current example + k-1 memories; Naive: "
-        "plain SGD with the same lr, batch 1.\n"
+        "- MER and ER follow the original code (mattriemer/MER, `mer_examples.sh`, "
+        "`convention=original`): MER Alg. 1 with its settings for the protocol and "
+        "memory, batches of the current example + k memories; ER = its Algorithm 4 "
+        "(`eralg4.py`): lr 0.1 and its own k; Alg. 6/7 (when run) with their code "
+        "settings; Avalanche's MER: the same lr, beta, gamma, memory, s inner batches "
+        "of the current example + k memories; Naive: plain SGD with MER's lr, "
+        "batch 1.\n"
     )
     if ctx.quick:
         body += (
@@ -342,7 +446,7 @@ def reproduce_mer_mnist(ctx: ReproContext) -> None:
             "streams, 5120 memories, 3 seeds.\n"
         )
     if partial:
-        left_out = [METHOD_LABELS[m] for m in METHOD_LABELS if m not in methods]
+        left_out = [METHOD_LABELS[m] for m in DEFAULT_METHODS if m not in methods]
         left_out += [p for p in BENCHMARKS if p not in protocols]
         full_mem = QUICK_MEMORIES if ctx.quick else FULL_MEMORIES
         left_out += [
@@ -407,9 +511,10 @@ def _bench_strategies(seed: int = 0, which: str = "both"):
                 beta=0.03,
                 gamma=1.0,
                 mem_size=BENCH_MEM,
-                # Avalanche's inner batch is the current example + batch_size_mem
-                # memories (101 samples): k = 101 gives both the same 1,010 steps.
-                replay_batch_size=BENCH_K + 1,
+                # both: the current example + 100 memories (101 samples), as the
+                # original code's batches: 1,010 steps per example
+                replay_batch_size=BENCH_K,
+                convention="original",
                 batches_per_example=BENCH_S,
                 scenario="domain",
                 num_classes=10,
@@ -556,7 +661,8 @@ def bench_mer(ctx: BenchContext) -> Dict[str, Any]:
             f"filled before the first step, 10 inner batches of the current example + "
             f"100 memories ({steps} single-sample SGD steps per example) in both; "
             f"Avalanche's `MER(train_mb_size=1, batch_size_mem=100, n_inner_steps=10)`; "
-            f"ours `MER(replay_batch_size=101, batches_per_example=10)` (inner loop: "
+            f"ours `MER(replay_batch_size=100, batches_per_example=10, "
+            f"convention='original')` (inner loop: "
             f"{inner_loop}); "
             f"torch threads 1; {rounds} alternating rounds of {n_ours} (ours) and "
             f"{n_theirs} (Avalanche) examples; the machine was shared with other jobs "
