@@ -31,6 +31,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--internal", action="store_true")
+    parser.add_argument(
+        "--gate-prop",
+        type=float,
+        default=0.8,
+        help="proportion of decoder units gated OFF per class (paper: 0.8)",
+    )
     parser.add_argument("--out", default="runs/example-bir")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -51,6 +57,7 @@ def main() -> None:
         input_size=input_size,
         num_classes=info.num_classes,
         scenario=args.scenario,
+        gating=args.gate_prop,
         internal=args.internal,
         output_shape=info.input_shape,
     )
@@ -58,6 +65,7 @@ def main() -> None:
         model=vae,
         optimizer=torch.optim.Adam(vae.parameters(), lr=1e-3),
         internal=front,
+        gating=args.gate_prop,
         scenario=args.scenario,
         iterations=args.iterations,
         train_mb_size=128,

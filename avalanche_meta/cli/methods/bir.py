@@ -10,7 +10,16 @@
 
 Defaults are the paper's split-MNIST protocol (van de Ven et al. 2020; SPEC.md
 section 3): 2,000 iterations per task, batch 128, Adam 1e-3 (betas 0.9, 0.999), MLP /
-VAE 2 x 400, latent 100, gates keeping 0.8, distillation temperature 2.
+VAE 2 x 400, latent 100, decoder gates switching off 0.8 of the units per class
+(the reference's ``dg_prop``; Bernoulli masks), distillation temperature 2, replayed
+samples gated by the previous model's soft predictions (``replay_identity``).
+
+BI-R + SI (``bir-si``) uses the reference code's SI
+(:class:`avalanche_meta.plugins.si_reference.ReferenceSIPlugin`: importance of the
+encoder and classifier only, ``omega = sum(-grad * delta) / (Delta^2 + 0.1)``, penalty
+``c * sum(omega * (theta - anchor)^2)``) with its MNIST values ``dg_c = 1`` and
+``dg_si_prop = 0.8`` (the reference defines them for permuted MNIST only; it has no
+split-MNIST BI-R + SI setting, so split MNIST uses the same).
 
 Internal replay (``--internal omniglot`` or ``digits``): a small conv front-end
 (:func:`avalanche_meta.models.conv.small_front_end`) is pre-trained on that other data
@@ -62,11 +71,18 @@ BIR_PARAMS: Dict[str, Param] = {
     "z_dim": (int, 100, "latent units of the VAE"),
     "feedback": (bool, True, "replay through feedback (the classifier is the VAE)"),
     "conditional": (bool, True, "Gaussian-mixture prior, one mode per class"),
-    "gating": (float, 0.8, "keep proportion of the decoder gates (0: off)"),
+    "gating": (float, 0.8, "proportion of decoder units gated OFF per class (0: off)"),
+    "gate_masks": (str, "bernoulli", "bernoulli (reference) or exact gate masks"),
+    "replay_identity": (
+        str,
+        "predicted",
+        "class identity of replay for gates/prior: predicted (reference) or generated",
+    ),
     "distillation": (float, 2.0, "soft-target temperature (0: hard labels)"),
     "internal": (str, "none", "none, omniglot or digits: pre-trained conv front-end"),
     "pretrain_iterations": (int, 1000, "pre-training steps of the front-end"),
-    "si_lambda": (float, 0.0, "SI penalty weight c (0: off; BI-R + SI)"),
+    "si_c": (float, 0.0, "c of the reference's SI (0: off; BI-R + SI)"),
+    "si_epsilon": (float, 0.1, "epsilon of the reference's SI"),
     "samples": (bool, True, "PNG of generated samples per class after each experience"),
 }
 
@@ -81,6 +97,9 @@ def _params(**defaults: Any) -> Dict[str, Param]:
 
 #: SI's c of the paper's protocols (SPEC.md section 3), by scenario.
 SI_C = {"task": 10.0, "class": 0.1, "domain": 10.0}
+#: BI-R + SI in the reference's options.py: (dg_c, dg_si_prop). MNIST: its permuted-MNIST
+#: values (it has none for split MNIST); CIFAR-100: (1e8, 0.6).
+BIR_SI_MNIST = (1.0, 0.8)
 
 _FRONT_CACHE: Dict[Tuple, Any] = {}
 
@@ -131,7 +150,7 @@ def build_bir(ctx: RunContext, **hp):
     """A :class:`BrainInspiredReplay` from flags (every BI-R name shares it)."""
     from avalanche_meta.models.mlp import MLP
     from avalanche_meta.plugins.samples import GeneratedSamplesPlot
-    from avalanche_meta.plugins.si import SynapticIntelligencePlugin
+    from avalanche_meta.plugins.si_reference import ReferenceSIPlugin
     from avalanche_meta.strategies.bir import BrainInspiredReplay, replay_vae
 
     info = ctx.info
@@ -139,7 +158,10 @@ def build_bir(ctx: RunContext, **hp):
         check_positive(name, hp[name], integer=True)
     check_positive("lr", hp["lr"])
     check_non_negative("distillation", hp["distillation"])
-    check_non_negative("si_lambda", hp["si_lambda"])
+    check_non_negative("si_c", hp["si_c"])
+    check_positive("si_epsilon", hp["si_epsilon"])
+    check_choice("gate_masks", hp["gate_masks"], ("bernoulli", "exact"))
+    check_choice("replay_identity", hp["replay_identity"], ("predicted", "generated"))
     hidden = parse_hidden(hp["hidden"])
     if not hidden:
         raise ValueError("`hidden` must name at least one hidden layer for BI-R.")
@@ -163,10 +185,23 @@ def build_bir(ctx: RunContext, **hp):
         hidden_sizes=hidden,
         z_dim=hp["z_dim"],
         output_shape=info.input_shape,
+        gate_masks=hp["gate_masks"],
     ).to(ctx.device)
     plugins: List[Any] = []
-    if hp["si_lambda"]:
-        plugins.append(SynapticIntelligencePlugin(si_lambda=hp["si_lambda"]))
+    clf = None
+    if not hp["feedback"]:
+        clf = MLP(
+            input_size=input_size, hidden_sizes=hidden, num_classes=info.num_classes
+        ).to(ctx.device)
+    if hp["si_c"]:
+        # the reference accumulates SI's importance for the encoder and classifier
+        # only (train.py: convE, fcE, classifier), i.e. the whole separate classifier
+        si_modules = [vae.encoder, vae.classifier] if hp["feedback"] else [clf]
+        plugins.append(
+            ReferenceSIPlugin(
+                c=hp["si_c"], epsilon=hp["si_epsilon"], modules=si_modules
+            )
+        )
     if hp["samples"] and ctx.out_dir is not None:
         plugins.append(GeneratedSamplesPlot(ctx.out_dir / "samples"))
     betas = (0.9, 0.999)
@@ -177,6 +212,7 @@ def build_bir(ctx: RunContext, **hp):
         gating=hp["gating"],
         internal=front,
         distillation=hp["distillation"] or None,
+        replay_identity=hp["replay_identity"],
         iterations=hp["iterations"],
         train_mb_size=hp["batch_size"],
         eval_mb_size=EVAL_MB_SIZE,
@@ -187,8 +223,6 @@ def build_bir(ctx: RunContext, **hp):
     if hp["feedback"]:
         opt = torch.optim.Adam(vae.parameters(), lr=hp["lr"], betas=betas)
         return BrainInspiredReplay(model=vae, optimizer=opt, **kw)
-    clf = MLP(input_size=input_size, hidden_sizes=hidden, num_classes=info.num_classes)
-    clf = clf.to(ctx.device)
     return BrainInspiredReplay(
         model=clf,
         optimizer=torch.optim.Adam(clf.parameters(), lr=hp["lr"], betas=betas),
@@ -222,15 +256,14 @@ for _name, (_help, _defaults) in _NAMES.items():
 
 @register_strategy(
     "bir-si",
-    help="brain-inspired replay + synaptic intelligence (c: 10 Task-IL, 0.1 Class-IL)",
-    params=_params(si_lambda=-1.0),
+    help="brain-inspired replay + the reference's SI (c = dg_c = 1, gates 0.8 "
+    "off = dg_si_prop; CIFAR-100 values in the reference: 1e8, 0.6)",
+    params=_params(si_c=BIR_SI_MNIST[0], gating=BIR_SI_MNIST[1]),
 )
 def build_bir_si(ctx: RunContext, **hp):
-    """BI-R with the CPU-safe SI plugin; ``si_lambda < 0`` picks the paper's c."""
-    if hp["si_lambda"] < 0:
-        hp["si_lambda"] = SI_C[ctx.scenario]
-    if hp["si_lambda"] == 0:
-        raise ValueError("bir-si needs si_lambda > 0 (use `bir` without SI).")
+    """BI-R with the reference code's SI on the encoder and classifier."""
+    if hp["si_c"] <= 0:
+        raise ValueError("bir-si needs si_c > 0 (use `bir` without SI).")
     return build_bir(ctx, **hp)
 
 
@@ -338,7 +371,7 @@ def _split_methods(scenario: str, iterations: int) -> List[Tuple[str, str, Dict]
         ("DGR + distill", "dgr-distill", dict(gen)),
         ("RtF", "rtf", dict(gen)),
         ("BI-R", "bir", dict(gen)),
-        ("BI-R + SI", "bir-si", dict(gen, si_lambda=si_c)),
+        ("BI-R + SI", "bir-si", dict(gen)),
     ]
     return rows
 
@@ -454,7 +487,10 @@ def reproduce_bir_split_mnist(ctx: ReproContext) -> None:
         f"1e-3, MLP / VAE 2x400, latent 100; Avalanche's baselines run "
         f"{_epochs(iterations, 128, SPLIT_EXP_SIZE)} epoch(s) per task at batch 128 "
         "(the same number of examples); EWC lambda 1e9 (Task-IL) / 1e5 (Class-IL), "
-        "online EWC the same lambda with decay 1.0, SI c 10 / 0.1, LwF T=2.\n"
+        "online EWC the same lambda with decay 1.0, SI c 10 / 0.1, LwF T=2; BI-R "
+        "decoder gates switch off 0.8 of the units per class (Bernoulli masks), "
+        "replay gated by the previous model's soft predictions; BI-R + SI: the "
+        "reference's SI on encoder and classifier, c = 1, gates 0.8.\n"
         "- Average accuracy = mean over the 5 tasks of the final test accuracies "
         "(percent; mean ± sample std over seeds). Published figures: the "
         "three-scenarios paper (SPEC.md section 5, [R], not checked); BI-R has no "
@@ -462,7 +498,7 @@ def reproduce_bir_split_mnist(ctx: ReproContext) -> None:
         "this machine (SPEC.md section 3).\n"
         "- The machine was shared with several other engineers' jobs during the run "
         "(2 cores): times are indicative only.\n"
-        "- `si` and BI-R + SI use avalanche_meta's SI plugin: Avalanche 0.6.0's is "
+        "- `si` uses avalanche_meta's SI plugin: Avalanche 0.6.0's is "
         "inert on the CPU (its weight snapshots are views of the live weights: see "
         "`avalanche_meta/plugins/si.py`). Sections written before that fix (say "
         "so) show fine-tuning's figure for SI.\n"
@@ -560,7 +596,7 @@ def reproduce_bir_permuted_mnist(ctx: ReproContext) -> None:
         f"- {n_tasks} permutations (first one the identity, images padded to 32x32), "
         f"seeds: {seeds}; replay methods {iterations} iterations per task, batch 256, "
         f"Adam 1e-4, MLP / VAE 2x{hidden.split(',')[0]}, latent 100, BI-R gates per "
-        "task (keep 0.8); "
+        "task (0.8 of the units gated off); "
         f"Avalanche's baselines {ep} epoch(s) per task at batch 256; EWC lambda 1, SI "
         "c 10 (SI: avalanche_meta's CPU-safe SI plugin, see the split-MNIST "
         "section).\n- Average accuracy over tasks (percent). The machine was shared "
