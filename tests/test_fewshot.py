@@ -636,6 +636,8 @@ def test_reptile_presets_are_the_readme_commands():
         assert metric.kwargs["transductive"] == hp["eval_transductive"]
         assert metric.kwargs["inner_lr"] == hp["inner_lr"]
         assert metric.kwargs["optimizer"] == "adam"
+        # their evaluation continues the meta-training Adam
+        assert hp["eval_continue_adam"] and metric.continue_adam
 
 
 def test_maml_presets_are_the_papers_settings():
@@ -661,3 +663,84 @@ def test_maml_presets_are_the_papers_settings():
             assert hp["meta_iterations"] == 60000 and hp["eval_shots"] == hp["shots"]
             assert hp["eval_inner_lr"] == hp["inner_lr"]
             assert hp["eval_inner_steps"] == 10 and hp["eval_transductive"]
+
+
+def test_fine_tune_continues_a_given_adam_state():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    x, y = labelled_blobs(n_classes=3, per_class=4)
+    trainer = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.0, 0.999))
+    for _ in range(3):
+        trainer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        trainer.step()
+    state = trainer.state_dict()
+    saved = copy.deepcopy(state["state"])
+    p0 = [p.detach().clone() for p in model.parameters()]
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    lr = 1e-3
+    tuned = fine_tune(
+        copy.deepcopy(model),
+        x,
+        y,
+        inner_lr=lr,
+        inner_steps=1,
+        optimizer="adam",
+        adam_state=state,
+    )
+    for i, (p, p_old, g) in enumerate(zip(tuned.parameters(), p0, grads)):
+        # beta1 = 0: m = g; v from the saved state; step 4 of the bias correction
+        v = 0.999 * saved[i]["exp_avg_sq"] + 0.001 * g**2
+        denom = v.sqrt() / math.sqrt(1 - 0.999**4) + 1e-8
+        assert torch.allclose(p, p_old - lr * g / denom, atol=1e-7)
+    for i, s in saved.items():  # the given state is not modified
+        assert all(torch.equal(s[k], state["state"][i][k]) for k in s)
+    fresh = fine_tune(
+        copy.deepcopy(model), x, y, inner_lr=lr, inner_steps=1, optimizer="adam"
+    )
+    assert not torch.allclose(fresh[0].weight, tuned[0].weight)
+    with pytest.raises(ValueError, match="adam_state"):
+        fine_tune(
+            nn.Sequential(nn.Linear(4, 5)),
+            x,
+            y,
+            inner_lr=lr,
+            inner_steps=1,
+            optimizer="adam",
+            adam_state=state,
+        )
+
+
+def test_fewshot_metric_continue_adam_uses_and_keeps_the_strategy_adam():
+    torch.manual_seed(0)
+    x, y = labelled_blobs(n_classes=6, per_class=5, image=True)
+    kw = dict(ways=3, shots=1, query_shots=2, num_tasks=4, optimizer="adam")
+    kw.update(inner_lr=1e-2, inner_steps=3)
+    metric = FewShotAccuracy(continue_adam=True, **kw)
+    strategy = Reptile(
+        model=ConvNet(3),
+        ways=3,
+        shots=3,
+        meta_iterations=2,
+        evaluator=quiet_evaluator(metric),
+    )
+    bm = make_benchmark(x, y)
+    strategy.train(bm.train_stream[0])
+    before = copy.deepcopy(strategy.optimizer.state_dict())
+    strategy.eval(bm.test_stream)
+    after = strategy.optimizer.state_dict()
+    for i, s in before["state"].items():
+        assert all(torch.equal(s[k], after["state"][i][k]) for k in s)
+    common = dict(seed=metric.seed, **kw)
+    continued = few_shot_accuracy(strategy.model, x, y, adam_state=before, **common)
+    assert metric.results[0].accuracies == continued.accuracies
+    with pytest.raises(ValueError, match="continue_adam"):
+        FewShotAccuracy(continue_adam=True)  # optimizer="sgd"
+    net = ConvNet(6)
+    sgd = TransferLearning(
+        model=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+        evaluator=quiet_evaluator(FewShotAccuracy(continue_adam=True, **kw)),
+    )
+    with pytest.raises(ValueError, match="continue_adam=False"):
+        sgd.eval(bm.test_stream)

@@ -393,24 +393,33 @@ def fine_tune(
     optimizer: str = "sgd",
     batch_size: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
+    adam_state: Optional[dict] = None,
 ) -> nn.Module:
     """Adapt ``model`` in place: ``inner_steps`` steps on the support loss, in
     training mode (batch norm normalises with each mini-batch's statistics).
 
     :param optimizer: ``"sgd"`` (MAML's inner loop) or ``"adam"`` (Reptile's,
-        ``betas=(0, 0.999)`` as in Nichol et al.; a fresh Adam: their code continues
-        the meta-training Adam's moments instead).
+        ``betas=(0, 0.999)`` as in Nichol et al.).
     :param batch_size: samples per step (Nichol et al.'s ``--eval-batch``), see
         :func:`mini_batches`; None: the whole support set at every step.
     :param generator: draws the mini-batches (None: torch's global generator).
+    :param adam_state: the ``state_dict()`` of an Adam over the same parameters (in
+        ``model.parameters()`` order), whose moments and step counts the fine-tuning
+        Adam starts from (a copy: the dict is not modified), as Nichol et al.'s
+        evaluation continues their meta-training Adam; the learning rate and betas
+        stay ``inner_lr`` and ``(0, 0.999)``. None: a fresh Adam.
     :return: ``model``.
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "sgd":
+        if adam_state is not None:
+            raise ValueError("`adam_state` needs optimizer='adam'.")
         opt = torch.optim.SGD(params, lr=inner_lr)
     else:
         opt = torch.optim.Adam(params, lr=inner_lr, betas=(0.0, 0.999))
+        if adam_state is not None:
+            _load_adam_state(opt, params, adam_state)
     batches = mini_batches(len(support_y), batch_size, inner_steps, generator)
     with torch.enable_grad():
         for step, idx in enumerate(batches):
@@ -424,6 +433,32 @@ def fine_tune(
             loss.backward()
             opt.step()
     return model
+
+
+def _load_adam_state(opt: torch.optim.Adam, params: List[Tensor], state: dict):
+    """Load the moments and step counts of ``state`` into ``opt`` (one group over
+    ``params``), keeping ``opt``'s hyper-parameters."""
+    saved = [i for g in state["param_groups"] for i in g["params"]]
+    moments = state["state"]
+    if not moments:  # an Adam that never stepped: a fresh one
+        return
+    if len(saved) != len(params) or any(
+        i not in moments or tuple(moments[i]["exp_avg"].shape) != tuple(p.shape)
+        for i, p in zip(saved, params)
+    ):
+        raise ValueError(
+            "`adam_state` must be the state of an Adam that stepped all the model's "
+            f"trainable parameters (same order and shapes); it has {len(saved)} "
+            f"parameters, the model {len(params)}. A new head (reset_head) has no "
+            "Adam state: use a fresh Adam there."
+        )
+    group = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    opt.load_state_dict(
+        {
+            "state": copy.deepcopy(moments),
+            "param_groups": [{**group, "params": saved}],
+        }
+    )
 
 
 def _batch_norm_layers(model: nn.Module) -> List[nn.Module]:
@@ -498,6 +533,7 @@ def few_shot_accuracy(
     reset_head: Optional[bool] = None,
     seed: Optional[int] = 0,
     device: Optional[torch.device] = None,
+    adam_state: Optional[dict] = None,
 ) -> FewShotResult:
     """Few-shot query accuracy of ``model`` on ``num_tasks`` tasks drawn from ``(x, y)``.
 
@@ -512,6 +548,8 @@ def few_shot_accuracy(
     :param seed: seeds the task sampler and the fine-tuning mini-batches, so that
         every model is scored on the same tasks (paired comparisons); None draws new
         tasks each call.
+    :param adam_state: with ``optimizer="adam"``, the Adam state every task's
+        fine-tuning starts from (see :func:`fine_tune`); None: a fresh Adam.
     """
     check_positive("num_tasks", num_tasks, integer=True)
     check_positive("inner_lr", inner_lr)
@@ -541,6 +579,7 @@ def few_shot_accuracy(
             optimizer=optimizer,
             batch_size=inner_batch_size,
             generator=generator,
+            adam_state=adam_state,
         )
         logits = query_logits(
             scratch, task.support_x, task.query_x, transductive=transductive
@@ -564,7 +603,11 @@ class FewShotAccuracy(PluginMetric[float]):
       experiences (after the whole stream).
 
     Works for any strategy's model; the keyword arguments are those of
-    :func:`few_shot_accuracy` (``inner_batch_size``, ``transductive``, ...). The
+    :func:`few_shot_accuracy` (``inner_batch_size``, ``transductive``, ...), and
+    ``continue_adam=True`` starts every task's fine-tuning Adam from the strategy's
+    optimizer state (its moments and step counts, which stay unchanged), as Nichol
+    et al.'s evaluation continues their meta-training Adam (Reptile, whose optimizer
+    is that Adam; needs ``optimizer="adam"`` and the model's own head). The
     per-experience
     results of the last evaluation are in :attr:`results` (``{exp_id: FewShotResult}``)
     and the accuracy matrix of the run in :attr:`matrix` (``R[i][j]``: mean few-shot
@@ -594,6 +637,7 @@ class FewShotAccuracy(PluginMetric[float]):
         transductive: bool = True,
         reset_head: Optional[bool] = None,
         seed: int = 0,
+        continue_adam: bool = False,
     ):
         super().__init__()
         check_positive("ways", ways, integer=True)
@@ -621,7 +665,14 @@ class FewShotAccuracy(PluginMetric[float]):
             transductive=transductive,
             reset_head=reset_head,
         )
+        if not isinstance(continue_adam, bool):
+            raise ValueError(
+                f"`continue_adam` must be True or False, got {continue_adam!r}."
+            )
+        if continue_adam and optimizer != "adam":
+            raise ValueError("`continue_adam=True` needs optimizer='adam'.")
         self.seed = seed
+        self.continue_adam = continue_adam
         self.results: Dict[int, FewShotResult] = {}
         self._rows: Dict[int, Dict[int, FewShotResult]] = {}
         self._trained: Optional[int] = None
@@ -692,12 +743,22 @@ class FewShotAccuracy(PluginMetric[float]):
     def after_eval_exp(self, strategy) -> List[MetricValue]:
         exp_id = strategy.experience.current_experience
         x, y = dataset_tensors(strategy.adapted_dataset)
+        adam_state = None
+        if self.continue_adam:
+            if not isinstance(strategy.optimizer, torch.optim.Adam):
+                raise ValueError(
+                    "FewShotAccuracy(continue_adam=True) continues the strategy's "
+                    f"Adam, but its optimizer is a {type(strategy.optimizer).__name__}"
+                    "; use continue_adam=False."
+                )
+            adam_state = strategy.optimizer.state_dict()
         res = few_shot_accuracy(
             strategy.model,
             x,
             y,
             seed=self.seed + 1000003 * exp_id,
             device=strategy.device,
+            adam_state=adam_state,
             **self.kwargs,
         )
         self.results[exp_id] = res

@@ -29,8 +29,10 @@ Departures from the paper, on purpose:
   two rules give the same batches when ``inner_batch_size`` divides the task's
   sample count, as in all the paper's Omniglot settings (50 / 10, 200 / 20).
 - The reference evaluation fine-tunes with the meta-training Adam (its moments
-  carried over, restored after each task);
-  :class:`~avalanche_meta.evaluation.fewshot.FewShotAccuracy` starts a fresh Adam.
+  carried over, restored after each task):
+  :class:`~avalanche_meta.evaluation.fewshot.FewShotAccuracy` does so with
+  ``continue_adam=True`` (the command line's Reptile presets), and starts a fresh
+  Adam by default.
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ class Reptile(EpisodicTemplate):
     mini-batches of 5 support samples (10 for 20-way) and, unless
     ``--transductive``, predicts each query with the support set alone:
     ``FewShotAccuracy(optimizer="adam", inner_lr=1e-3, inner_steps=50,
-    inner_batch_size=5, query_shots=1, transductive=False)`` (``transductive=True``
-    for their transductive results).
+    inner_batch_size=5, query_shots=1, transductive=False, continue_adam=True)``
+    (``transductive=True`` for their transductive results).
 
     The model must output ``ways`` logits (labels are remapped per task).
 

@@ -169,6 +169,7 @@ EVAL_PARAMS: Dict[str, Param] = {
 
 
 def _metric(hp: Dict[str, Any], ways: int, inner_lr: float, optimizer: str = "sgd"):
+    """The few-shot metric of the ``eval_*`` hyper-parameters."""
     from avalanche_meta.evaluation.fewshot import FewShotAccuracy
 
     return FewShotAccuracy(
@@ -181,6 +182,7 @@ def _metric(hp: Dict[str, Any], ways: int, inner_lr: float, optimizer: str = "sg
         optimizer=optimizer,
         inner_batch_size=hp["eval_batch_size"],
         transductive=hp["eval_transductive"],
+        continue_adam=hp.get("eval_continue_adam", False),
     )
 
 
@@ -222,7 +224,10 @@ def fit_fewshot(ctx: RunContext, strategy, info: BenchmarkInfo) -> None:
             json.dumps(
                 {
                     "unit": "fraction",
-                    "settings": metric.kwargs,
+                    "settings": {
+                        **metric.kwargs,
+                        "continue_adam": metric.continue_adam,
+                    },
                     "accuracy_matrix": metric.matrix,
                     "ci95_matrix": metric.ci_matrix,
                 },
@@ -340,6 +345,12 @@ REPTILE_PARAMS: Dict[str, Param] = {
     "task_rotation_prob": (float, 0.0, "probability of rotating a whole task"),
     **EVAL_PARAMS,
     "eval_inner_steps": (int, 50, "fine-tuning Adam steps at test (paper: 50)"),
+    "eval_continue_adam": (
+        bool,
+        False,
+        "fine-tune at test from the meta-training Adam's moments (Nichol et al.'s "
+        "code) instead of a fresh Adam",
+    ),
 }
 
 
@@ -360,6 +371,8 @@ def _reptile_paper(ways: int, shots: int, transductive: bool = False):
         "eval_batch_size": 5 if five else 10,  # --eval-batch
         "eval_inner_steps": 50,  # --eval-iters
         "eval_transductive": transductive,  # --transductive
+        # their evaluation runs the meta-training Adam (moments restored afterwards)
+        "eval_continue_adam": True,
         # their code's defaults: 10,000 test tasks of one query per class
         "eval_tasks": 10000,  # --eval-samples
         "eval_query_shots": 1,
