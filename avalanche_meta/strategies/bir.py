@@ -722,6 +722,7 @@ class BrainInspiredReplay(SupervisedTemplate):
         if out is not None:
             gen_loss = out.generation.mean()
             self.loss_terms["replay_generation"] = gen_loss.detach().item()
+            self._record_vae_terms("replay", out)
             loss = loss + gen_loss
         return loss
 
@@ -735,11 +736,19 @@ class BrainInspiredReplay(SupervisedTemplate):
         if self.feedback:
             gen_loss = self._cur.generation.mean()
             self.loss_terms["current_generation"] = gen_loss.detach().item()
+            self._record_vae_terms("current", self._cur)
             loss_cur = loss_cur + gen_loss
         loss_rep = self._replay_loss() if self._replay is not None else None
         loss = replay_weighting(loss_cur, loss_rep, self._n)
         self.loss_terms["total"] = loss.detach().item()
         return check_finite_loss(loss, "BrainInspiredReplay")
+
+    def _record_vae_terms(self, prefix: str, out) -> None:
+        """Log the batch means of reconstruction and KL terms, each divided by ``D``
+        (the scale of the paper's code's ``recon`` / ``variat`` losses)."""
+        d = out.x_recon.shape[1]
+        self.loss_terms[prefix + "_recon"] = (out.recon.mean() / d).detach().item()
+        self.loss_terms[prefix + "_kl"] = (out.kl.mean() / d).detach().item()
 
     def _generator_step(self) -> None:
         """One step of DGR's separate generator, with the same weighting and replay."""
@@ -747,13 +756,14 @@ class BrainInspiredReplay(SupervisedTemplate):
         gen.train()
         h = self.features(self.mb_x)
         out = gen.evaluate(h, self.mb_y, self._gate_context(self.mb_y))
+        self._record_vae_terms("generator_current", out)
         loss_cur = out.generation.mean()
         loss_rep = None
         if self._replay is not None:
             r = self._replay
-            loss_rep = gen.evaluate(
-                r["x"], r["y_id"], r["t_gen"], r["probs_id"]
-            ).generation.mean()
+            out_r = gen.evaluate(r["x"], r["y_id"], r["t_gen"], r["probs_id"])
+            self._record_vae_terms("generator_replay", out_r)
+            loss_rep = out_r.generation.mean()
         loss = check_finite_loss(
             replay_weighting(loss_cur, loss_rep, self._n),
             "BrainInspiredReplay (generator)",
