@@ -65,6 +65,21 @@ class ReproContext:
     :param command: the command line that started the reproduction (for the results
         document).
     :param write_results: write the results document (tests turn it off).
+    :param store: a run store (:class:`avalanche_meta.experiments.RunStore` or a
+        folder): :meth:`run` returns the stored results of a configuration the store
+        holds and stores every run it makes. None: no store, every call runs (the
+        command line always gives one).
+    :param executor: where :meth:`run` executes a run the store lacks: ``"local"``
+        (this process), ``"processes"``, ``"ray"`` or an
+        :class:`~avalanche_meta.experiments.Executor`; needs ``store``. Runs
+        still execute one at a time: a reproduction calls :meth:`run` and waits for
+        each result, so other executors give retries, isolation and Ray's GPU
+        placement here, not parallelism.
+    :param retries: attempts after the first for a run that fails or whose worker
+        dies (with ``store``).
+    :param execute: False: run nothing; a run the store lacks raises
+        :class:`avalanche_meta.cli.runner.MissingRunError` (reproductions that
+        report failed runs then list it as missing).
     """
 
     quick: bool = False
@@ -75,17 +90,37 @@ class ReproContext:
     command: str = ""
     write_results: bool = True
     extra: Dict[str, Any] = field(default_factory=dict)
+    store: Any = None
+    executor: Any = "local"
+    retries: int = 2
+    execute: bool = True
 
     def run(self, strategy: str, benchmark: str, **kwargs) -> Dict[str, Any]:
         """Run one experiment with this context's data root, device and out_dir.
 
         Keyword arguments are those of :func:`avalanche_meta.cli.runner.run_experiment`.
+        With a :attr:`store`, the run goes through it
+        (:func:`avalanche_meta.cli.runner.run_stored`): a finished run is never
+        redone, and an ``out_dir`` given here becomes a link to the run's store
+        folder.
         """
-        from avalanche_meta.cli.runner import run_experiment
+        from avalanche_meta.cli.runner import run_experiment, run_stored
 
         kwargs.setdefault("data_root", self.data_root)
         kwargs.setdefault("device", self.device)
         kwargs.setdefault("progress", False)
+        if self.store is not None:
+            if self.command:
+                kwargs.setdefault("command", self.command)
+            return run_stored(
+                strategy,
+                benchmark,
+                store=self.store,
+                executor=self.executor,
+                retries=self.retries,
+                execute=self.execute,
+                **kwargs,
+            )
         seed = kwargs.get("seed", 0)
         scen = kwargs.get("scenario") or "default"
         kwargs.setdefault(

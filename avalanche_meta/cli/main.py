@@ -1,4 +1,4 @@
-"""The ``avalanche-meta`` command: run, compare, reproduce, bench, list.
+"""The ``avalanche-meta`` command: run, compare, reproduce, bench, list, store.
 
 Examples::
 
@@ -9,6 +9,10 @@ Examples::
         --set ewc.ewc_lambda=1e5
     avalanche-meta reproduce NAME --quick
     avalanche-meta bench NAME --quick
+    avalanche-meta compare naive replay er mer --benchmark split-digits \\
+        --scenario class --executor processes --workers 2
+    avalanche-meta store list
+    avalanche-meta store merge other-machine/runs/store runs/store
 
 A strategy's hyper-parameters (its registered ``params``) become ``run`` flags
 (underscores turned into dashes); since they depend on the strategy, ``run`` parses
@@ -16,7 +20,10 @@ in two stages: the strategy name first, then a parser built for that strategy.
 
 Bad input (unknown names, bad values, a missing dataset, a strategy's argument
 check) prints one line ``avalanche-meta: error: ...`` on stderr and exits with
-status 2; a non-finite loss during training exits with status 1. Set
+status 2; a non-finite loss during training, a run that failed after its retries
+or a run missing from a table exits with status 1; Ctrl-C exits with status 130 and
+keeps the finished runs in the store (``compare`` and ``reproduce`` run through a
+run store, see :mod:`avalanche_meta.experiments`). Set
 ``AVALANCHE_META_DEBUG=1`` to get the traceback instead.
 
 ``run``, ``compare``, ``reproduce`` and ``bench`` set torch to one CPU thread unless
@@ -35,6 +42,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from avalanche_meta.cli import registry
 from avalanche_meta.cli.runner import (
+    MissingRunError,
+    RunFailedError,
     UsageError,
     compare_experiments,
     get_strategy_spec,
@@ -113,6 +122,75 @@ def _add_bench_opt(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="an option of the benchmark's builder (repeatable), e.g. n_tasks=5",
     )
+
+
+def _add_execution_options(p: argparse.ArgumentParser, one_at_a_time: bool) -> None:
+    """``--store``, ``--executor`` and their options (``compare``, ``reproduce``)."""
+    from avalanche_meta.experiments.executors import EXECUTORS
+
+    g = p.add_argument_group(
+        "runs and where they execute"
+        + (
+            " (a reproduction asks for its runs one at a time, so they execute one "
+            "at a time whatever the executor)"
+            if one_at_a_time
+            else ""
+        )
+    )
+    g.add_argument(
+        "--store",
+        default=None,
+        help="run store: a folder per finished run, keyed by its configuration; "
+        "a run it holds is never redone (default: $AVALANCHE_META_STORE, else "
+        "runs/store)",
+    )
+    g.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="local: one run after another in this process; processes: --workers "
+        "worker processes of this machine; ray: a Ray cluster (--address) or a "
+        "local Ray instance (needs `pip install 'avalanche-meta[ray]'`)",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (processes; default 2) or CPUs of a local Ray "
+        "instance (default: all)",
+    )
+    g.add_argument(
+        "--address", default=None, help="Ray cluster address (ray; e.g. auto)"
+    )
+    g.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="attempts after the first for a run that fails or whose worker dies",
+    )
+    g.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=None,
+        help="GPUs per run (ray: Ray's num_gpus; default 1 with --device cuda)",
+    )
+    g.add_argument(
+        "--no-run",
+        action="store_true",
+        help="run nothing: build the table from the runs the store holds and list "
+        "the missing ones",
+    )
+
+
+def _store_of(args: argparse.Namespace):
+    from avalanche_meta.experiments import RunStore, default_store_root
+
+    return RunStore(args.store if args.store else default_store_root())
+
+
+def _check_execution(args: argparse.Namespace) -> None:
+    if args.retries < 0:
+        raise UsageError(f"--retries must be >= 0, got {args.retries}.")
 
 
 def _key_values(items: Sequence[str], flag: str) -> Dict[str, Any]:
@@ -214,6 +292,9 @@ def build_run_parser(spec: registry.StrategySpec) -> argparse.ArgumentParser:
         "--no-progress", action="store_true", help="no progress bars or metric logs"
     )
     p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    p.add_argument(
+        "--save-model", action="store_true", help="write the final weights (model.pt)"
+    )
     p.add_argument(
         "--no-initial-eval",
         action="store_true",
@@ -333,6 +414,7 @@ def cmd_run(argv: List[str]) -> int:
         csv=args.csv,
         initial_eval=not args.no_initial_eval,
         command=shlex.join([PROG, "run", *argv]),
+        save_model=args.save_model,
     )
     print(format_summary(res))
     for plot in res.get("plots", []):
@@ -360,6 +442,9 @@ def _settings(items: Sequence[str]) -> Dict[str, Dict[str, Any]]:
 
 def cmd_compare(args: argparse.Namespace, argv: List[str]) -> int:
     _set_threads(args.threads)
+    _check_execution(args)
+    if args.threads < 0:
+        raise UsageError(f"--threads must be >= 0, got {args.threads}.")
     res = compare_experiments(
         args.strategies,
         args.benchmark,
@@ -374,6 +459,15 @@ def cmd_compare(args: argparse.Namespace, argv: List[str]) -> int:
         plots=not args.no_plots,
         progress=args.progress,
         command=shlex.join([PROG, *argv]),
+        store=_store_of(args),
+        executor=args.executor,
+        workers=args.workers,
+        threads=args.threads,
+        address=args.address,
+        gpus_per_run=args.gpus_per_run,
+        retries=args.retries,
+        execute=not args.no_run,
+        save_model=args.save_model,
     )
     print()
     print(
@@ -386,6 +480,15 @@ def cmd_compare(args: argparse.Namespace, argv: List[str]) -> int:
     print(f"results: {out / 'comparison.json'}")
     if "plot" in res:
         print(f"plot: {res['plot']}")
+    print(
+        f"runs: {res['executed']} executed, {res['reused']} taken from the store "
+        f"{res['store']}"
+    )
+    if res["missing"]:
+        print(f"{len(res['missing'])} run(s) missing from the table:")
+        for line in res["missing"]:
+            print(f"  {line}")
+        return 1
     return 0
 
 
@@ -406,6 +509,19 @@ def cmd_reproduce(args: argparse.Namespace, argv: List[str]) -> int:
     _set_threads(args.threads)
     if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}.")
+    from avalanche_meta.experiments import make_executor
+
+    _check_execution(args)
+    extra = _subset_options(args.only)
+    store = _store_of(args)
+    executor = make_executor(
+        args.executor,
+        workers=args.workers,
+        threads=args.threads,
+        address=args.address,
+        gpus_per_run=args.gpus_per_run,
+        device=args.device,
+    )
     ctx = ReproContext(
         quick=args.quick,
         seeds=args.seeds,
@@ -413,10 +529,18 @@ def cmd_reproduce(args: argparse.Namespace, argv: List[str]) -> int:
         device=args.device,
         out_dir=Path(args.out),
         command=shlex.join([PROG, *argv]),
-        extra=_subset_options(args.only),
+        extra=extra,
+        store=store,
+        executor=executor,
+        retries=args.retries,
+        execute=not args.no_run,
     )
-    spec.run(ctx)
-    print(f"reproduction {spec.name} finished; run folders in {args.out}")
+    with executor:
+        spec.run(ctx)
+    print(
+        f"reproduction {spec.name} finished; runs in the store {store.root}, "
+        f"other outputs in {args.out}"
+    )
     return 0
 
 
@@ -469,6 +593,65 @@ def cmd_bench(args: argparse.Namespace, argv: List[str]) -> int:
     )
     result = spec.run(ctx)
     print(format_table(result if result is not None else {}))
+    return 0
+
+
+def _revision_text(meta: Mapping[str, Any]) -> str:
+    rev = meta.get("revision") or {}
+    text = str(rev.get("commit", rev.get("version", "?")))[:10]
+    return text + ("+dirty" if rev.get("dirty") else "")
+
+
+def cmd_store_list(args: argparse.Namespace, argv: List[str]) -> int:
+    store = _store_of(args)
+    rows = []
+    for run in store.runs():
+        c = run.config
+        if args.strategy and c.strategy not in args.strategy:
+            continue
+        if args.benchmark and c.benchmark != args.benchmark:
+            continue
+        acc = run.results.get("average_accuracy")
+        rows.append(
+            [
+                run.path.name,
+                "n/a" if acc is None else f"{acc:.2f}",
+                f"{run.results.get('train_seconds') or 0.0:.1f}",
+                _revision_text(run.meta),
+                str((run.meta.get("worker") or {}).get("host", "?")),
+                str(run.meta.get("finished_at", "?")),
+            ]
+        )
+    head = ["run", "avg acc (%)", "train (s)", "revision", "host", "finished"]
+    if rows:
+        widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+        for r in [head] + rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(f"{len(rows)} finished run(s) in {store.root}")
+    running = store.running()
+    if running:
+        print(f"{len(running)} run(s) in progress:")
+        for name, host, pid in running:
+            print(f"  {name} (host {host}, pid {pid})")
+    return 0
+
+
+def cmd_store_merge(args: argparse.Namespace, argv: List[str]) -> int:
+    from avalanche_meta.experiments import merge_stores
+
+    report = merge_stores(args.src, args.dst, weights=not args.no_weights)
+    print(
+        f"merged {args.src} into {args.dst}: {len(report['copied'])} run(s) copied, "
+        f"{len(report['kept'])} already there (kept)"
+    )
+    if report["bad"]:
+        print(
+            f"{len(report['bad'])} folder(s) not copied: their config.json does not "
+            "match their name (edited or damaged):"
+        )
+        for name in report["bad"]:
+            print(f"  {name}")
+        return 1
     return 0
 
 
@@ -540,7 +723,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-initial-eval", action="store_true", help="skip FWT's eval")
     c.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     c.add_argument("--progress", action="store_true", help="Avalanche progress bars")
+    c.add_argument(
+        "--save-model", action="store_true", help="each run writes model.pt too"
+    )
     _add_threads(c)
+    _add_execution_options(c, one_at_a_time=False)
     c.set_defaults(func=cmd_compare)
 
     r = sub.add_parser(
@@ -561,8 +748,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the reproduction's docstring lists its keys",
     )
     _add_data_options(r)
-    r.add_argument("--out", default="runs", help="where run folders go")
+    r.add_argument("--out", default="runs", help="where other outputs go")
     _add_threads(r)
+    _add_execution_options(r, one_at_a_time=True)
     r.set_defaults(func=cmd_reproduce)
 
     b = sub.add_parser(
@@ -579,6 +767,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="strategies, benchmarks, reproductions, benches")
     ls.set_defaults(func=cmd_list)
+
+    st = sub.add_parser(
+        "store",
+        help="list a run store, or merge one into another",
+        description="A run store holds one folder per finished run (config.json, "
+        "results.json, plots, optional model.pt), named after its configuration's "
+        "key; copy folders between machines and merge them with `store merge`.",
+    )
+    st_sub = st.add_subparsers(
+        dest="store_command", metavar="ACTION", parser_class=_Parser
+    )
+    st_sub.required = True
+    sl = st_sub.add_parser("list", help="the finished runs (and runs in progress)")
+    sl.add_argument(
+        "--store",
+        default=None,
+        help="the store (default: $AVALANCHE_META_STORE, else runs/store)",
+    )
+    sl.add_argument(
+        "--strategy",
+        action="append",
+        default=[],
+        help="only this strategy (repeatable)",
+    )
+    sl.add_argument("--benchmark", default=None, help="only this benchmark")
+    sl.set_defaults(func=cmd_store_list)
+    sm = st_sub.add_parser(
+        "merge",
+        help="copy the runs of SRC that DST lacks into DST (atomically, run by run)",
+    )
+    sm.add_argument(
+        "src", metavar="SRC", help="a store folder (e.g. copied from another machine)"
+    )
+    sm.add_argument("dst", metavar="DST", help="the store to add them to")
+    sm.add_argument(
+        "--no-weights", action="store_true", help="do not copy model.pt files"
+    )
+    sm.set_defaults(func=cmd_store_merge)
     return p
 
 
@@ -607,10 +833,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exit_:  # --help
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(
+            f"\n{PROG}: interrupted; finished runs are kept in the store, and the same "
+            "command resumes without redoing them.",
+            file=sys.stderr,
+        )
+        return 130
     except NonFiniteLossError as err:
         if debug:
             raise
         print(f"{PROG}: error: training stopped: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except (RunFailedError, MissingRunError) as err:
+        if debug:
+            raise
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as err:
         # UsageError, argument checks of strategies (ValueError), and

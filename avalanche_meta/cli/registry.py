@@ -21,6 +21,9 @@ METHOD_MODULES = (
     "avalanche_meta.cli.methods.nccl",
 )
 
+#: Other modules that register entries (benches of the command line itself).
+OTHER_MODULES = ("avalanche_meta.cli.bench_sweep",)
+
 #: A hyper-parameter exposed as a command-line flag: (type, default, help).
 Param = Tuple[type, Any, str]
 
@@ -177,6 +180,6 @@ def load_all() -> None:
     global _loaded
     if _loaded:
         return
-    for mod in METHOD_MODULES:
+    for mod in METHOD_MODULES + OTHER_MODULES:
         importlib.import_module(mod)
     _loaded = True

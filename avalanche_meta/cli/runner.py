@@ -329,6 +329,7 @@ def run_experiment(
     csv: bool = False,
     initial_eval: bool = True,
     command: Optional[str] = None,
+    save_model: bool = False,
 ) -> Dict[str, Any]:
     """Train and evaluate one registered strategy on one registered benchmark.
 
@@ -351,6 +352,8 @@ def run_experiment(
     :param csv: also log with Avalanche's CSV logger in ``out_dir/csv``.
     :param initial_eval: evaluate before training (initial accuracies, for FWT).
     :param command: the command line, recorded in the results.
+    :param save_model: also write the final weights, ``out_dir/model.pt`` (the
+        strategy's model ``state_dict``).
     :return: the results (also written to ``out_dir/results.json``); accuracies and
         their summaries in percent.
     :raises UsageError: unknown names, unsupported scenario, bad hyper-parameters.
@@ -525,6 +528,9 @@ def run_experiment(
             str(plot_accuracy_matrix(R, out / "accuracy_matrix.png", title=title)),
             str(plot_task_curves(R, out / "task_accuracy.png", initial=b, title=title)),
         ]
+    if save_model:
+        torch.save(model_strategy.model.state_dict(), out / "model.pt")
+        results["model_path"] = str(out / "model.pt")
     path = out / "results.json"
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     results["results_path"] = str(path)
@@ -574,6 +580,103 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def _link(link: Path, target: Path) -> None:
+    """Make ``link`` a symbolic link to the store folder ``target`` (a real folder
+    already at ``link``, e.g. from before the store, is left alone)."""
+    try:
+        if link.is_symlink():
+            link.unlink()
+        elif link.exists():
+            return
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(target).resolve(), target_is_directory=True)
+    except OSError:  # pragma: no cover - no symbolic links here
+        pass
+
+
+class RunFailedError(RuntimeError):
+    """A run failed after its retries (the message has its error)."""
+
+
+class MissingRunError(LookupError):
+    """A run is not in the store and running was not allowed (``--no-run``)."""
+
+
+#: ``run_experiment`` keyword arguments that are part of a run's configuration.
+_CONFIG_ARGS = ("scenario", "seed", "hparams", "preset", "benchmark_options")
+_CONFIG_ARGS += ("initial_eval",)
+#: ``run_experiment`` keyword arguments that say how to execute it.
+_SETTING_ARGS = ("data_root", "device", "progress", "plots", "tensorboard", "csv")
+_SETTING_ARGS += ("command", "save_model")
+
+
+def run_stored(
+    strategy: str,
+    benchmark: str,
+    *,
+    store,
+    executor="local",
+    retries: int = 2,
+    execute: bool = True,
+    **kwargs: Any,
+) -> Dict[str, Any]:
+    """:func:`run_experiment` through a run store: the stored results if the store
+    holds this configuration, else the run, executed by ``executor`` (retried up to
+    ``retries`` times) and stored.
+
+    :param store: a :class:`~avalanche_meta.experiments.store.RunStore` or folder.
+    :param executor: ``"local"``, ``"processes"``, ``"ray"`` or an
+        :class:`~avalanche_meta.experiments.executors.Executor`.
+    :param execute: False: never run; a run the store lacks raises
+        :class:`MissingRunError`.
+    :param kwargs: those of :func:`run_experiment`; ``out_dir``, when given,
+        becomes a symbolic link to the run's store folder.
+    :raises RunFailedError: the run failed ``retries + 1`` times.
+    :raises UsageError: bad names or hyper-parameters (before anything runs).
+    """
+    from avalanche_meta.experiments import (
+        RunSettings,
+        RunStore,
+        resolve_run_config,
+        run_sweep,
+    )
+
+    unknown = set(kwargs) - set(_CONFIG_ARGS) - set(_SETTING_ARGS) - {"out_dir"}
+    if unknown:
+        raise TypeError(
+            f"run_stored() got unexpected keyword argument(s): {sorted(unknown)}"
+        )
+    config = resolve_run_config(
+        strategy, benchmark, **{k: kwargs[k] for k in _CONFIG_ARGS if k in kwargs}
+    )
+    settings = RunSettings(**{k: kwargs[k] for k in _SETTING_ARGS if k in kwargs})
+    store = store if isinstance(store, RunStore) else RunStore(store)
+    result = run_sweep(
+        [config],
+        store,
+        executor=executor,
+        settings=settings,
+        retries=retries,
+        execute=execute,
+        progress=False,
+        log=None,
+    )
+    res = result.get(config)
+    if res is None:
+        if config.key in result.errors:
+            raise RunFailedError(
+                f"{config.label()} failed after {retries + 1} attempt(s): "
+                f"{result.errors[config.key]}"
+            )
+        raise MissingRunError(
+            f"{config.label()} is not in the store {store.root} (key "
+            f"{config.key[:12]}) and running was not allowed (--no-run)."
+        )
+    if kwargs.get("out_dir") is not None:
+        _link(Path(kwargs["out_dir"]), Path(res["out_dir"]))
+    return res
+
+
 def compare_experiments(
     strategies: Sequence[str],
     benchmark: str,
@@ -590,19 +693,63 @@ def compare_experiments(
     progress: bool = False,
     log=_say,
     command: Optional[str] = None,
+    store: Optional[Any] = None,
+    executor: Any = "local",
+    workers: Optional[int] = None,
+    threads: Optional[int] = 1,
+    address: Optional[str] = None,
+    gpus_per_run: Optional[float] = None,
+    retries: int = 2,
+    execute: bool = True,
+    save_model: bool = False,
+    progress_bar: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """Run every strategy with seeds ``0..seeds-1`` and summarise them side by side.
+
+    The runs go through a run store (:mod:`avalanche_meta.experiments`): a run the
+    store already holds (same strategy, hyper-parameters, benchmark, options,
+    scenario, seed) is not run again, the others are executed by ``executor``, and
+    the table is built from whatever runs the store then holds; the missing ones
+    (failed after their retries, or not run with ``execute=False``) are listed in
+    ``result["missing"]`` and in ``comparison.md``.
 
     :param strategies: registered strategy names.
     :param seeds: number of seeds.
     :param settings: hyper-parameters per strategy, ``{strategy: {param: value}}``.
     :param out_dir: the comparison folder (None: ``runs/compare-<benchmark>-<scenario>``);
-        each run goes in ``<out_dir>/<strategy>-s<seed>``.
-    :param log: called with one line per finished run (None: silent).
-    :return: ``{"runs": [...], "summary": {strategy: {key: (mean, std)}}, ...}``;
-        also written to ``comparison.json``, ``comparison.md`` and
-        ``comparison.png`` in ``out_dir``.
+        ``<out_dir>/<strategy>-s<seed>`` is a symbolic link to each run's store
+        folder.
+    :param log: called with one line per finished, retried or failed run (None:
+        silent).
+    :param progress: Avalanche's progress bars inside each run.
+    :param store: the run store (a folder or a ``RunStore``; None:
+        ``$AVALANCHE_META_STORE``, else ``runs/store``).
+    :param executor: ``"local"`` (one run after another in this process),
+        ``"processes"`` or ``"ray"`` (see
+        :func:`avalanche_meta.experiments.make_executor`), or an ``Executor``.
+    :param workers: worker processes (``processes``; default 2) or CPUs of a local
+        Ray instance.
+    :param threads: torch CPU threads per worker process (not used by ``local``).
+    :param address: Ray cluster address (``ray``).
+    :param gpus_per_run: GPUs per run (``ray``; default 1 with a CUDA device).
+    :param retries: attempts after the first for a run that fails or whose worker
+        dies.
+    :param execute: False: run nothing, tabulate what the store holds.
+    :param save_model: each run also writes its final weights (``model.pt``).
+    :param progress_bar: one progress bar over the runs (None: when stderr is a
+        terminal).
+    :return: ``{"runs": [...], "summary": {strategy: {key: (mean, std)}},
+        "missing": [...], ...}``; also written to ``comparison.json``,
+        ``comparison.md`` and ``comparison.png`` in ``out_dir``.
     """
+    from avalanche_meta.experiments import (
+        RunSettings,
+        RunStore,
+        default_store_root,
+        resolve_run_config,
+        run_sweep,
+    )
+
     if not strategies:
         raise UsageError("give at least one strategy to compare.")
     if len(set(strategies)) != len(strategies):
@@ -624,47 +771,67 @@ def compare_experiments(
         scen = resolve_scenario(s_spec, b_spec, scenario)
         resolve_hparams(s_spec, None, settings.get(name))
     check_benchmark_options(b_spec, benchmark_options or {})
+    grid = [(name, seed) for name in strategies for seed in range(seeds)]
+    configs = [
+        resolve_run_config(
+            name,
+            benchmark,
+            scenario=scen,
+            seed=seed,
+            hparams=settings.get(name),
+            benchmark_options=benchmark_options,
+            initial_eval=initial_eval,
+        )
+        for name, seed in grid
+    ]
     out = (
         Path(out_dir)
         if out_dir is not None
         else Path("runs") / (f"compare-{benchmark}-{scen}")
     )
     out.mkdir(parents=True, exist_ok=True)
+    if store is None:
+        store = default_store_root()
+    store = store if isinstance(store, RunStore) else RunStore(store)
 
+    sweep = run_sweep(
+        configs,
+        store,
+        executor=executor,
+        settings=RunSettings(
+            device=device,
+            data_root=data_root,
+            plots=plots,
+            progress=progress,
+            save_model=save_model,
+            command=command,
+        ),
+        retries=retries,
+        workers=workers,
+        threads=threads,
+        address=address,
+        gpus_per_run=gpus_per_run,
+        execute=execute,
+        progress=progress_bar,
+        log=log,
+    )
     runs: List[Dict[str, Any]] = []
-    for name in strategies:
-        for seed in range(seeds):
-            res = run_experiment(
-                name,
-                benchmark,
-                scenario=scen,
-                seed=seed,
-                data_root=data_root,
-                out_dir=out / f"{name}-s{seed}",
-                device=device,
-                hparams=settings.get(name),
-                benchmark_options=benchmark_options,
-                progress=progress,
-                plots=plots,
-                initial_eval=initial_eval,
-                command=command,
-            )
-            runs.append(res)
-            if log is not None:
-                acc = res["average_accuracy"]
-                log(
-                    f"{name} seed {seed}: average accuracy "
-                    f"{'n/a' if acc is None else f'{acc:.2f}'}%, "
-                    f"{res['train_seconds']:.1f} s training"
-                )
+    for (name, seed), config in zip(grid, configs):
+        res = sweep.get(config)
+        if res is None:
+            continue
+        _link(out / f"{name}-s{seed}", Path(res["out_dir"]))
+        runs.append(res)
+    missing = sweep.missing_lines()
     summary: Dict[str, Dict[str, Any]] = {}
     for name in strategies:
         mine = [r for r in runs if r["strategy"] == name]
         summary[name] = {
-            key: mean_std([r[key] for r in mine])
+            key: mean_std([r.get(key) for r in mine])
             for key in ("average_accuracy", "learning_accuracy", "bwt", "bti")
             + ("forgetting", "fwt", "train_seconds", "peak_memory_mb")
         }
+        summary[name]["n_runs"] = len(mine)
     result: Dict[str, Any] = {
         "benchmark": benchmark,
         "scenario": scen,
@@ -672,10 +839,16 @@ def compare_experiments(
         "strategies": list(strategies),
         "settings": settings,
         "command": command,
+        "store": str(store.root),
+        "executor": getattr(executor, "name", executor),
+        "executed": len(sweep.executed),
+        "reused": len(sweep.reused),
+        "missing": missing,
+        "wall_seconds": sweep.seconds,
         "summary": summary,
         "runs": [
             {
-                k: r[k]
+                k: r.get(k)
                 for k in (
                     "strategy",
                     "seed",
@@ -686,6 +859,7 @@ def compare_experiments(
                     "forgetting",
                     "fwt",
                     "train_seconds",
+                    "run_key",
                     "results_path",
                 )
             }
@@ -701,11 +875,17 @@ def compare_experiments(
         + (f"Command: `{command}`\n\n" if command else "")
         + comparison_table(summary, markdown=True)
         + "\n"
+        + (
+            "\nMissing runs (not in this table):\n\n"
+            + "".join(f"- {line}\n" for line in missing)
+            if missing
+            else ""
+        )
     )
     (out / "comparison.md").write_text(md)
     result["table"] = comparison_table(summary, markdown=False)
     result["out_dir"] = str(out)
-    if plots:
+    if plots and runs:
         from avalanche_meta.cli.plots import plot_comparison
 
         result["plot"] = str(
