@@ -66,7 +66,13 @@ PRESETS = {
     "DGR + distillation": dict(
         feedback=False, conditional=False, gating=0.0, distillation=2.0
     ),
+    # BI-R + SI with the reference's SI (c = dg_c = 1, gates dg_si_prop = 0.8)
+    "BI-R + SI": dict(
+        feedback=True, conditional=True, gating=0.8, distillation=2.0, si_c=1.0
+    ),
 }
+#: SI's epsilon in the reference (options.py --epsilon default)
+SI_EPSILON = 0.1
 
 
 # -- the reference, imported at run time -------------------------------------------------
@@ -352,6 +358,20 @@ def run_preset(
         if replay is not None:
             kw.update(x_=replay["x_ref"], y_=replay["y_ref"], scores_=replay["s_ref"])
         ref_terms = ref_main.train_a_batch(x, y=y, **kw)
+        if si_c:
+            # the path integral as the reference's train.py accumulates it after each
+            # step (convE, fcE, classifier only); its update_omega / surrogate_loss
+            # are called as they are
+            for n, p in ref_main.named_parameters():
+                if p.requires_grad and n.split(".")[0] in (
+                    "convE",
+                    "fcE",
+                    "classifier",
+                ):
+                    key = n.replace(".", "__")
+                    if p.grad is not None:
+                        W_ref[key].add_(-p.grad * (p.detach() - p_old_ref[key]))
+                    p_old_ref[key] = p.detach().clone()
         ref_gen_terms = ref_gen.train_a_batch(x, y=y, **kw) if ref_gen else None
 
         # ours
@@ -367,11 +387,18 @@ def run_preset(
         strategy.loss = strategy._make_empty_loss()
         strategy.mb_output = strategy.forward()
         strategy.loss += strategy.criterion()
+        si_penalty = 0.0
+        if si_c:
+            si_penalty = float(si_plugin.penalty(strategy.model).detach())
+            si_plugin.before_backward(strategy)
         strategy.backward()
         strategy.optimizer_step()
+        if si_c:
+            si_plugin.after_update(strategy)
         if not strategy.feedback:
             strategy._generator_step()
         ours = dict(strategy.loss_terms)
+        ours["total"] = float(strategy.loss.detach())  # with the SI penalty, if any
 
         # loss terms
         lt = {}
@@ -389,6 +416,8 @@ def run_preset(
                     ours["replay_recon"],
                 )
                 lt["replay KL"] = (ref_terms["variat_r"], ours["replay_kl"])
+        if si_c:
+            lt["SI penalty (before c)"] = (ref_terms["si_loss"], si_penalty)
         lt["total"] = (ref_terms["loss_total"], ours["total"])
         if ref_gen_terms is not None:
             lt["generator reconstruction"] = (
@@ -447,10 +476,55 @@ def run_preset(
             rec["generator_param_after_step"] = pd
         records.append(rec)
 
+    # SI: the reference's buffers / our plugin
+    si_c = float(cfg.get("si_c", 0.0))
+    si_plugin = None
+    W_ref: Dict[str, torch.Tensor] = {}
+    p_old_ref: Dict[str, torch.Tensor] = {}
+    omega_diff: Dict[str, float] = {}
+    if si_c:
+        from avalanche_meta.plugins.si_reference import ReferenceSIPlugin
+
+        ref_main.si_c = si_c
+        ref_main.epsilon = SI_EPSILON
+        for n, p in ref_main.named_parameters():
+            if p.requires_grad:
+                ref_main.register_buffer(
+                    n.replace(".", "__") + "_SI_prev_task", p.detach().clone()
+                )
+        si_plugin = ReferenceSIPlugin(
+            c=si_c, epsilon=SI_EPSILON, modules=[net.encoder, net.classifier]
+        )
+
+    def start_task():
+        if si_c:
+            W_ref.clear()
+            p_old_ref.clear()
+            for n, p in ref_main.named_parameters():
+                if p.requires_grad:
+                    W_ref[n.replace(".", "__")] = p.detach().clone().zero_()
+                    p_old_ref[n.replace(".", "__")] = p.detach().clone()
+            si_plugin.before_training_exp(strategy)
+
+    def end_task(tag: str):
+        if si_c:
+            ref_main.update_omega(W_ref, ref_main.epsilon)
+            si_plugin.after_training_exp(strategy)
+            worst = 0.0
+            for ref_name, our_name in main_map.items():
+                ref_omega = getattr(ref_main, ref_name.replace(".", "__") + "_SI_omega")
+                ours_omega = si_plugin.omega.get(our_name)
+                if ours_omega is None:  # not protected by our plugin: must be 0 there
+                    ours_omega = torch.zeros_like(ref_omega)
+                worst = max(worst, max_abs(ref_omega, ours_omega))
+            omega_diff[tag] = worst
+
     # task 1: no replay
     strategy.active.observe_classes([0, 1], 0)
+    start_task()
     for _ in range(steps):
         step(1, None)
+    end_task("after task 1")
 
     # task 2: frozen copies are the previous model / generator
     prev_ref = copy.deepcopy(ref_main).eval()
@@ -463,6 +537,7 @@ def run_preset(
     strategy.experiences_seen = 1
     strategy.active.observe_classes([2, 3], 0)
     prev_gen_ours = strategy.previous_generator
+    start_task()
 
     for _ in range(steps):
         # the replayed batch: classes uniform over {0, 1}, z from the prior
@@ -499,7 +574,14 @@ def run_preset(
             "y_ref": None if cfg["distillation"] else s_ref.argmax(1),
         }
         step(2, replay)
-    return {"initial_weights_max_abs_diff": initial, "steps": records}
+    end_task("after task 2")
+    out = {"initial_weights_max_abs_diff": initial, "steps": records}
+    if si_c:
+        out["si_omega_max_abs_diff"] = omega_diff
+        out["si_omega_max_abs"] = max(
+            float(v.abs().max()) for v in si_plugin.omega.values()
+        )
+    return out
 
 
 def summarise(label: str, res: Dict[str, Any]) -> List[List[str]]:
@@ -530,6 +612,14 @@ def summarise(label: str, res: Dict[str, Any]) -> List[List[str]]:
         vals = [r[key] for r in res["steps"] if key in r]
         if vals:
             rows.append([label, key.replace("_", " "), f"{max(vals):.2e}"])
+    for tag, v in res.get("si_omega_max_abs_diff", {}).items():
+        rows.append(
+            [
+                label,
+                f"SI omega {tag} (max |omega| {res['si_omega_max_abs']:.2e})",
+                f"{v:.2e}",
+            ]
+        )
     return rows
 
 
