@@ -200,8 +200,20 @@ _register(
     scenarios=("task", "domain"),
     default_scenario="domain",
 )
-def build_online_permuted_mnist(*, scenario: str, seed: int, data_root=None, **options):
+def build_online_permuted_mnist(
+    *,
+    scenario: str,
+    seed: int,
+    data_root=None,
+    test_samples_per_task: int = 0,
+    **options,
+):
     """``mnist-permutations`` (same tasks, subsets and test sets) for NCCL's protocol.
+
+    ``test_samples_per_task=N`` (N > 0) evaluates each task on the first ``N``
+    images of its permuted MNIST test set instead of all 10,000 (the permutations
+    and the training subsets are unchanged): a cheaper evaluation for long tables
+    on a busy machine; every method of a table must then use the same ``N``.
 
     The MER protocol fixes online batches of 1 (``info.online_batch = 1``), which
     the runner imposes on every strategy. Here ``info.online`` is False, so that
@@ -216,6 +228,28 @@ def build_online_permuted_mnist(*, scenario: str, seed: int, data_root=None, **o
     info = mnist_permutations(
         scenario=scenario, seed=seed, data_root=data_root, **options
     )
+    if test_samples_per_task:
+        check_positive("test_samples_per_task", test_samples_per_task, integer=True)
+        from avalanche_meta.benchmarks.datasets import (
+            PixelDataset,
+            build_benchmark,
+            load_mnist,
+        )
+
+        perms = info.extras["permutations"]
+        subsets = info.extras["train_indices"]
+        x_tr, y_tr, x_te, y_te = load_mnist(data_root)
+        n = min(int(test_samples_per_task), int(y_te.shape[0]))
+        train = [
+            PixelDataset(x_tr, y_tr, indices=idx, permutation=p)
+            for p, idx in zip(perms, subsets)
+        ]
+        test = [
+            PixelDataset(x_te, y_te, indices=range(n), permutation=p) for p in perms
+        ]
+        labels = [exp.task_label for exp in info.benchmark.train_stream]
+        info.benchmark = build_benchmark(train, test, labels)
+        info.extras["test_samples_per_task"] = n
     info.name = "online-permuted-mnist"
     info.online = False
     info.online_batch = 10
@@ -406,7 +440,9 @@ def reproduce_nccl(ctx: ReproContext) -> None:
     5 x 500 permuted MNIST (every method) and split MNIST (NCCL, ER, A-GEM, Naive),
     memory 100, 1 seed. ``ctx.extra`` (``reproduce --only``) may restrict the
     ``scenarios`` (``domain``: permuted MNIST; ``task``, ``class``: split MNIST) and
-    the ``methods`` (labels); such a run writes a separate "partial" section, and a
+    the ``methods`` (labels), and ``test_samples=N`` evaluates permuted MNIST on the
+    first N test images of each task (default: all); such a run writes a separate
+    "partial" section, and a
     later whole run with ``AVALANCHE_META_REUSE_RUNS=1`` reuses its run folders
     (``reuse_only=true``: reuse the finished runs, run nothing, list the rest as not
     run).
@@ -427,6 +463,7 @@ def reproduce_nccl(ctx: ReproContext) -> None:
     )
     scenarios = ctx.extra.get("scenarios")
     wanted = ctx.extra.get("methods")
+    test_samples = int(ctx.extra.get("test_samples") or 0)
     known = [m[0] for m in METHODS]
     for label in wanted or ():
         if label not in known:
@@ -437,6 +474,13 @@ def reproduce_nccl(ctx: ReproContext) -> None:
     for stream in _streams(ctx.quick):
         if scenarios and stream["scenario"] not in scenarios:
             continue
+        te_tag = ""
+        if test_samples and stream["benchmark"] == "online-permuted-mnist":
+            stream = dict(stream)
+            stream["options"] = dict(
+                stream["options"], test_samples_per_task=test_samples
+            )
+            te_tag = f"-te{test_samples}"
         settings = _baseline_settings(stream["mem_size"], stream["n_tasks"], lr)
         for label, name, extra in METHODS:
             if wanted and label not in wanted:
@@ -468,7 +512,7 @@ def reproduce_nccl(ctx: ReproContext) -> None:
                         f"{name}{'-so' if extra.get('second_order') else ''}"
                         f"{'-inner%d' % extra['inner_steps'] if 'inner_steps' in extra else ''}"
                         f"{'-rb%d' % extra['replay_batch_size'] if 'replay_batch_size' in extra else ''}-"
-                        f"{stream['benchmark']}-{stream['scenario']}-s{seed}"
+                        f"{stream['benchmark']}{te_tag}-{stream['scenario']}-s{seed}"
                         f"{'-quick' if ctx.quick else ''}"
                     )
                 )
@@ -521,12 +565,18 @@ def reproduce_nccl(ctx: ReproContext) -> None:
                         "time": _mean_std([r["train_seconds"] for r in results]),
                     }
                 )
-    partial = bool(scenarios or wanted)
-    _write_repro(ctx, rows, skipped, seeds, reused, partial)
+    partial = bool(scenarios or wanted or test_samples)
+    _write_repro(ctx, rows, skipped, seeds, reused, partial, test_samples)
 
 
 def _write_repro(
-    ctx: ReproContext, rows, skipped, seeds, reused, partial: bool = False
+    ctx: ReproContext,
+    rows,
+    skipped,
+    seeds,
+    reused,
+    partial: bool = False,
+    test_samples: int = 0,
 ) -> None:
     from avalanche_meta.cli.results_doc import provenance, write_section
 
@@ -562,6 +612,14 @@ def _write_repro(
         "memories per example (10 steps, 100 memories per incoming batch) and its "
         "'25 memories per example' row 250.",
         "",
+    ]
+    if test_samples:
+        lines += [
+            f"Permuted MNIST is evaluated on the first {test_samples} test images of "
+            "each task (same images for every method; training unchanged).",
+            "",
+        ]
+    lines += [
         "| stream | method | avg acc (%) | forgetting (%) | train time (s) | seeds |",
         "|---|---|---|---|---|---|",
     ]
