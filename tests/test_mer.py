@@ -55,24 +55,52 @@ def _run_strategy(strategy, x, y, t):
 
 
 def _reference(
-    model, x, y, t, *, lr, k, s, beta, gamma, variant, mem_size, seed, scenario="domain"
+    model,
+    x,
+    y,
+    t,
+    *,
+    lr,
+    k,
+    s,
+    beta,
+    gamma,
+    variant,
+    mem_size,
+    seed,
+    scenario="domain",
+    convention="paper",
 ):
-    """Algorithm 1 (6, 7) written plainly: deepcopy snapshots, one sample at a time."""
+    """Algorithm 1 (6, 7) written plainly: deepcopy snapshots, one sample at a time.
+
+    ``convention="original"`` follows the original code (meralg1/6/7.py): k memories
+    plus the current example; Algorithm 6 interpolates with gamma after every batch;
+    Algorithm 7 puts the current example at a random position and skips the
+    stream's first example; reservoir slot drawn from 0..age inclusive.
+    """
+    original = convention == "original"
     model = copy.deepcopy(model)
-    memory = ReservoirMemory(mem_size, seed=seed)
+    memory = ReservoirMemory(mem_size, seed=seed, original_draw=original)
     units = ActiveUnits(C, scenario)
     for i in range(x.shape[0]):
         units.observe(y[i : i + 1], t[i : i + 1])
+        if original and variant == "alg7" and i == 0:
+            memory.add(x[i], y[i], t[i])
+            continue
         n_batches = 1 if variant == "alg7" else s
-        n_mem = min(k - 1, len(memory))
+        n_mem = min(k if original else k - 1, len(memory))
+        pos = [0] * n_batches
         if n_mem:
             mx, my, mt = memory.sample(n_batches, n_mem)
+            if original and variant == "alg7":
+                pos = torch.randint(
+                    0, n_mem + 1, (n_batches,), generator=memory.generator
+                ).tolist()
         theta_A0 = copy.deepcopy(model.state_dict())
         for b in range(n_batches):
-            batch = [(x[i], y[i], t[i], float(s) if variant == "alg7" else 1.0)]
-            batch += [(mx[b, j], my[b, j], mt[b, j], 1.0) for j in range(n_mem)]
-            if variant == "alg6":
-                batch = batch[1:] + batch[:1]
+            batch = [(mx[b, j], my[b, j], mt[b, j], 1.0) for j in range(n_mem)]
+            current = (x[i], y[i], t[i], float(s) if variant == "alg7" else 1.0)
+            batch.insert(n_mem if variant == "alg6" else pos[b], current)
             theta_W0 = copy.deepcopy(model.state_dict())
             for xj, yj, tj, scale in batch:
                 model.zero_grad()
@@ -82,15 +110,22 @@ def _reference(
                 with torch.no_grad():
                     for p in model.parameters():
                         p -= lr * p.grad
-            if variant == "alg1":
+            per_batch = {"alg1": beta}.get(variant)
+            if original and variant == "alg6":
+                per_batch = gamma
+            if per_batch is not None:
                 theta = model.state_dict()
                 model.load_state_dict(
-                    {n: theta_W0[n] + beta * (theta[n] - theta_W0[n]) for n in theta}
+                    {
+                        n: theta_W0[n] + per_batch * (theta[n] - theta_W0[n])
+                        for n in theta
+                    }
                 )
-        theta = model.state_dict()
-        model.load_state_dict(
-            {n: theta_A0[n] + gamma * (theta[n] - theta_A0[n]) for n in theta}
-        )
+        if not (original and variant == "alg6"):
+            theta = model.state_dict()
+            model.load_state_dict(
+                {n: theta_A0[n] + gamma * (theta[n] - theta_A0[n]) for n in theta}
+            )
         memory.add(x[i], y[i], t[i])
     return model
 
@@ -98,9 +133,16 @@ def _reference(
 HP = dict(lr=0.1, k=3, s=3, beta=0.5, gamma=0.7, mem_size=4, seed=5)
 
 
-def _mer(model, variant="alg1", fast_path=True, scenario="domain", loop=None):
+def _mer(
+    model,
+    variant="alg1",
+    fast_path=True,
+    scenario="domain",
+    loop=None,
+    convention="paper",
+):
     """A MER with the tests' hyper-parameters; ``loop`` forces the inner loop."""
-    strategy = _make_mer(model, variant, fast_path, scenario)
+    strategy = _make_mer(model, variant, fast_path, scenario, convention)
     if loop == "torchscript":
         strategy._bind()
         strategy._native = None
@@ -109,8 +151,9 @@ def _mer(model, variant="alg1", fast_path=True, scenario="domain", loop=None):
     return strategy
 
 
-def _make_mer(model, variant, fast_path, scenario):
+def _make_mer(model, variant, fast_path, scenario, convention="paper"):
     return MER(
+        convention=convention,
         model=model,
         lr=HP["lr"],
         mem_size=HP["mem_size"],
@@ -132,12 +175,19 @@ LOOPS = ["native", "torchscript", "autograd"]
 
 @pytest.mark.parametrize("variant", ["alg1", "alg6", "alg7"])
 @pytest.mark.parametrize("loop", LOOPS)
-def test_equals_reference_algorithm(variant, loop):
+@pytest.mark.parametrize("convention", ["paper", "original"])
+def test_equals_reference_algorithm(variant, loop, convention):
     torch.manual_seed(0)
     model = MLP(D, (8, 8), C)
     x, y, t = _stream(n=7)  # mem_size 4 < 7: reservoir replacements happen
-    ref = _reference(model, x, y, t, variant=variant, **HP)
-    strategy = _mer(copy.deepcopy(model), variant, loop != "autograd", loop=loop)
+    ref = _reference(model, x, y, t, variant=variant, convention=convention, **HP)
+    strategy = _mer(
+        copy.deepcopy(model),
+        variant,
+        loop != "autograd",
+        loop=loop,
+        convention=convention,
+    )
     _run_strategy(strategy, x, y, t)
     assert not torch.equal(_params(ref), _params(model))  # it did learn something
     torch.testing.assert_close(
