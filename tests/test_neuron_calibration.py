@@ -638,3 +638,29 @@ def test_experience_task_classes_reads_declared_classes():
     # no class list: the dataset's targets per task label
     exp.classes_in_this_experience = None
     assert experience_task_classes(exp) == {1: [2, 3]}
+
+
+def test_reproduction_lists_the_controls():
+    from avalanche_meta.cli import registry
+    from avalanche_meta.cli.methods.nccl import METHODS
+
+    registry.load_all()
+    rows = {label: (name, extra) for label, name, extra in METHODS}
+    p = registry.STRATEGIES
+    assert p["nccl-no-outer"].params["outer_loop"][1] is False
+    assert p["nccl-temperature"].params["calibration"][1] == "temperature"
+    assert p["nccl-hidden"].params["calibration"][1] == "hidden"
+    er = p["nccl-er-budget"].params
+    assert er["outer_loop"][1] is False and er["reg"][1] == 0.0
+    # same inner loop and replay budget as the NCCL row
+    for key in ("inner_steps", "mem_batch_size", "resample_memory", "gamma", "lr"):
+        assert er[key][1] == p["nccl"].params[key][1], key
+    for label in (
+        "NCCL, outer loop off",
+        "NCCL, output temperature only",
+        "NCCL, hidden layers only",
+        "ER, NCCL's replay budget",
+    ):
+        assert label in rows
+    # on the MLP, WCM only and FCM only are not separate experiments
+    assert not any("WCM only" in label or "FCM only" in label for label in rows)
