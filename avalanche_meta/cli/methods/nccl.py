@@ -889,9 +889,10 @@ def _write_bench(ctx: BenchContext, out: Dict[str, Any]) -> None:
         f"of {ROUNDS} alternating timings; target ratio <= 1.3). Under ``no_grad`` a "
         "calibrated layer runs one plain kernel on its folded weight; with autograd "
         "(training) a linear layer computes ``W x`` and scales its output "
-        "(``psi * Wx + b + psi_bias``, then ``lam *``: three small operations more "
-        "than the plain layer), a convolution forms ``psi * W`` (its ``psi`` is per "
-        "input and output channel):",
+        "(``psi * Wx + b + psi_bias``: two small operations more than the plain "
+        "layer; a linear layer has no separate ``lam``, which would be the same "
+        "per-output scale), a convolution forms ``psi * W`` (its ``psi`` is per "
+        "input and output channel) and scales its output by ``lam``:",
         "",
         "| model | mode | plain (ms) | calibrated (ms) | ratio |",
         "|---|---|---|---|---|",
