@@ -440,8 +440,10 @@ def reproduce_nccl(ctx: ReproContext) -> None:
     5 x 500 permuted MNIST (every method) and split MNIST (NCCL, ER, A-GEM, Naive),
     memory 100, 1 seed. ``ctx.extra`` (``reproduce --only``) may restrict the
     ``scenarios`` (``domain``: permuted MNIST; ``task``, ``class``: split MNIST) and
-    the ``methods`` (labels), and ``test_samples=N`` evaluates permuted MNIST on the
-    first N test images of each task (default: all); such a run writes a separate
+    the ``methods`` (labels), and ``test_samples=N`` (``ctx.extra``, or the
+    environment variable ``AVALANCHE_META_NCCL_TEST_SAMPLES=N`` while the command
+    line does not know that ``--only`` key) evaluates permuted MNIST on the first N
+    test images of each task (default: all); such a run writes a separate
     "partial" section, and a
     later whole run with ``AVALANCHE_META_REUSE_RUNS=1`` reuses its run folders
     (``reuse_only=true``: reuse the finished runs, run nothing, list the rest as not
@@ -463,7 +465,11 @@ def reproduce_nccl(ctx: ReproContext) -> None:
     )
     scenarios = ctx.extra.get("scenarios")
     wanted = ctx.extra.get("methods")
-    test_samples = int(ctx.extra.get("test_samples") or 0)
+    test_samples = int(
+        ctx.extra.get("test_samples")
+        or os.environ.get("AVALANCHE_META_NCCL_TEST_SAMPLES", "")
+        or 0
+    )
     known = [m[0] for m in METHODS]
     for label in wanted or ():
         if label not in known:
