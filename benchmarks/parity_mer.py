@@ -42,7 +42,6 @@ import argparse
 import copy
 import importlib
 import json
-import os
 import subprocess
 import sys
 import time
