@@ -440,3 +440,28 @@ def test_replay_batch_larger_than_memory_and_criteria():
         MER(model=model, criterion=nn.MSELoss())
     with pytest.raises(ValueError, match="convention"):
         MER(model=model, convention="code")
+
+
+def test_cli_presets_follow_the_original_code():
+    from avalanche_meta.cli.methods.mer import ER_PRESETS, MER_PRESETS
+
+    # mer_examples.sh: eralg4 --lr 0.1 and its own --replay_batch_size
+    expected_er_k = {
+        "rotations-5120": 25,
+        "rotations-500": 5,
+        "rotations-200": 10,
+        "permutations-5120": 25,
+        "permutations-500": 10,
+        "permutations-200": 10,
+        "many-5120": 25,
+        "many-500": 25,
+    }
+    assert {n: p["replay_batch_size"] for n, p in ER_PRESETS.items()} == expected_er_k
+    assert all(
+        p["lr"] == 0.1 and p["convention"] == "original" for p in ER_PRESETS.values()
+    )
+    assert all(p["convention"] == "original" for p in MER_PRESETS.values())
+    assert MER_PRESETS["rotations-200"]["replay_batch_size"] == 10  # k memories
+    assert MER_PRESETS["alg6-permutations-500"]["gamma"] == 0.3
+    assert MER_PRESETS["alg6-permutations-500"]["batches_per_example"] == 1
+    assert MER_PRESETS["alg7-permutations-200"]["batches_per_example"] == 2
