@@ -234,6 +234,7 @@ def run_sweep(
         bar.close()
         if own:
             ex.close()
+        store.clean_stale()  # folders of runs whose worker was killed
         result.seconds = time.perf_counter() - t0
     for c in pending:
         res = store.load(c)
