@@ -1,10 +1,12 @@
 """Tests of BrainInspiredReplay: loss formulas, presets, errors, scenarios, plugins."""
 
+import copy
 import io
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.logging import TextLogger
@@ -18,6 +20,7 @@ from avalanche_meta.plugins.samples import GeneratedSamplesPlot
 from avalanche_meta.plugins.si import SynapticIntelligencePlugin
 from avalanche_meta.strategies.bir import (
     BrainInspiredReplay,
+    _frozen_copy,
     distillation_loss,
     replay_vae,
     replay_weighting,
@@ -106,6 +109,81 @@ def test_strategy_loss_is_weighted_current_plus_replay():
     assert lt["total"] == pytest.approx(cur / 3 + rep * 2 / 3, rel=1e-5)
 
 
+# -- replayed samples' class identity ---------------------------------------------------------
+def _second_task_strategy(replay_identity="predicted", distillation=2.0):
+    """A BI-R strategy set up as at the start of task 2 (classes 0, 1 seen)."""
+    torch.manual_seed(0)
+    vae = small_vae()  # Class-IL, conditional, decoder gates 0.8
+    s = bir(vae, replay_identity=replay_identity, distillation=distillation)
+    s.is_training = True
+    s.active.observe_classes([0, 1], 0)
+    s.previous_net = _frozen_copy(s.net)
+    s.previous_generator = s.previous_net
+    s.previous_active = copy.deepcopy(s.active)
+    s.experiences_seen = 1
+    s.active.observe_classes([2, 3], 0)
+    return s, vae
+
+
+def test_replay_is_gated_by_the_previous_models_soft_predictions():
+    """Reference (models/vae.py train_a_batch, loss_function): with distillation, a
+    replayed sample's decoder gate is softmax(prev scores / T) @ class masks, and its
+    KL term is log q(z|x) - log sum_c p_c N(z; mode c) with the same p."""
+    s, vae = _second_task_strategy()
+    r = s._make_replay(16)
+    with torch.no_grad():
+        prev = s.previous_active.mask(s.previous_net(r["x"]))
+    p = torch.softmax(prev / 2.0, dim=1)
+    assert r["y_id"] is None and torch.allclose(r["probs_id"], p)
+    assert torch.all(p[:, 2:] == 0)  # only previous classes carry probability
+    eps = torch.randn(16, 8)
+    vae.reparameterize = lambda mu, logvar: mu + (0.5 * logvar).exp() * eps
+    s._replay = r
+    seen = {}
+    hook = vae.to_x.register_forward_hook(lambda m, i, o: seen.update(d=i[0]))
+    s._replay_loss()
+    hook.remove()
+    # by hand: blended gates in the decoder, mixture KL weighted by p
+    h, mu, logvar = vae.encode(r["x"])
+    z = mu + (0.5 * logvar).exp() * eps
+    d = z
+    for i, layer in enumerate(vae.decoder):
+        d = torch.relu(layer(d)) * (p @ vae.gates.mask(i))
+    assert torch.allclose(seen["d"], d, atol=1e-6)  # the decoder's last hidden layer
+    recon = F.binary_cross_entropy_with_logits(vae.to_x(d), r["x"], reduction="none")
+    pr = vae.prior
+
+    def log_n(v, m, lv):
+        return -0.5 * (math.log(2 * math.pi) + lv + (v - m) ** 2 / lv.exp()).sum(-1)
+
+    per_mode = torch.stack(
+        [log_n(z, pr.means[c], pr.logvars[c]) for c in range(10)], dim=1
+    )
+    log_p = torch.log((p * per_mode.exp()).sum(1))
+    kl = log_n(z, mu, logvar) - log_p
+    lt = s.loss_terms
+    assert lt["replay_recon"] == pytest.approx(
+        float(recon.detach().sum(1).mean()) / 64, rel=1e-4
+    )
+    assert lt["replay_kl"] == pytest.approx(
+        float(kl.detach().mean()) / 64, rel=1e-4, abs=1e-6
+    )
+
+
+def test_replay_identity_switches():
+    """'generated': the class a sample was generated from; hard labels with
+    'predicted': the previous model's arg-max (the reference's y_)."""
+    s, _ = _second_task_strategy(replay_identity="generated")
+    r = s._make_replay(16)
+    assert r["probs_id"] is None and torch.equal(r["y_id"], r["y_gen"])
+    s, _ = _second_task_strategy(distillation=None)
+    r = s._make_replay(16)
+    assert r["probs_id"] is None and torch.equal(r["y_id"], r["scores"].argmax(1))
+    assert set(r["y_id"].tolist()) <= {0, 1}
+    with pytest.raises(ValueError, match="replay_identity"):
+        bir(small_vae(), replay_identity="soft")
+
+
 # -- presets and switches --------------------------------------------------------------------
 def test_presets_set_their_switches():
     vae = small_vae()
@@ -163,7 +241,7 @@ def test_switches_must_match_the_model():
         BrainInspiredReplay(model=clf, optimizer=opt, conditional=False, gating=0.0)
 
 
-@pytest.mark.parametrize("gating", [-0.5, 1.5, float("inf")])
+@pytest.mark.parametrize("gating", [-0.5, 1.0, 1.5, float("inf")])
 def test_gating_outside_unit_interval_is_refused(gating):
     vae = small_vae()
     with pytest.raises(ValueError, match="gating"):

@@ -26,6 +26,8 @@ def test_masks_switch_off_the_given_proportion_per_task():
     assert xdg.layers == ["features.1", "features.3"]  # not the output layer
     m0, m1 = xdg.gates.mask(0), xdg.gates.mask(1)
     assert torch.all(m0.sum(1) == 10) and torch.all(m1.sum(1) == 5)  # 10% kept
+    # the reference's define_XdGmask gates exactly int(0.9 * units) units per task
+    assert xdg.gates.mask_mode == "exact" and xdg.gates.gate_prop == 0.9
     assert not torch.equal(m0[0], m0[1])
 
 
