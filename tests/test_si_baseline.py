@@ -1,4 +1,4 @@
-"""SI on the CPU: the `si` baseline's working plugin, and the reference code's SI of BI-R + SI."""
+"""SI on the CPU: the `si` baseline's plugin and the reference's SI of BI-R + SI."""
 
 import pytest
 import torch
