@@ -54,6 +54,13 @@ Where this departs from the paper's code, and why:
 
 - batches are drawn with replacement from the experience (the paper's code reshuffles
   per epoch); with 2,000 iterations both see every example about 20 times;
+- the binary cross-entropy is computed from the decoder's logits (the paper's code
+  applies it to the sigmoid, with PyTorch's clamp of the log at -100): the same value
+  unless a pixel's prediction saturates;
+- ``benchmarks/parity_bir.py`` checks, against the paper's code at the same weights,
+  masks, batches and noise, that the loss terms, gradients and Adam steps of BI-R,
+  RtF, DGR + distillation and BI-R + SI agree to float32 precision (split MNIST
+  Class-IL);
 - the decoder gates always use one global class identity. The paper's code selects
   the gates of real data with task-relative labels and those of replayed data with
   global ones in Task-IL, which costs it about 3 points there (SPEC section 3);
@@ -271,9 +278,11 @@ class BrainInspiredReplay(SupervisedTemplate):
         and the conditional prior's mode(s) (see the module docstring).
 
     The remaining keyword arguments are those of Avalanche's ``SupervisedTemplate``.
-    Regularisation plugins (``SynapticIntelligencePlugin``, ``EWCPlugin``) compose:
-    every iteration fires the usual callbacks, so their terms are added to the loss
-    in ``before_backward`` (BI-R + SI).
+    Regularisation plugins compose: every iteration fires the usual callbacks, so
+    their terms are added to the loss in ``before_backward``. The paper's BI-R + SI
+    is :class:`avalanche_meta.plugins.si_reference.ReferenceSIPlugin` on the VAE's
+    ``encoder`` and ``classifier`` (its SI formula and parameter set; Avalanche's
+    ``SynapticIntelligencePlugin`` and ``EWCPlugin`` work too).
     """
 
     def __init__(
