@@ -354,7 +354,7 @@ REPTILE_PARAMS: Dict[str, Param] = {
 }
 
 
-def _reptile_paper(ways: int, shots: int, transductive: bool = False):
+def _reptile_paper(ways: int, shots: int, transductive: bool = False) -> Dict[str, Any]:
     """The flags of Nichol et al.'s Omniglot command (supervised-reptile README)."""
     five = ways == 5
     return {
