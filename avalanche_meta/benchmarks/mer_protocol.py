@@ -68,9 +68,22 @@ def _check_common(n_tasks: int, samples_per_task: int, scenario: str) -> None:
         )
 
 
-def _train_subsets(rng: np.random.Generator, n_tasks: int, k: int) -> list:
+def _train_subsets(
+    rng: np.random.Generator, n_tasks: int, k: int, n_train: int = _N_TRAIN
+) -> list:
+    """``n_tasks`` random subsets of ``k`` of the ``n_train`` training images.
+
+    ``n_train`` is the size of the MNIST that was read (60,000; smaller for a
+    subset of MNIST, such as the tests' fallback data); the draws are the same as
+    with the full MNIST when it is 60,000.
+    """
+    if k > n_train:
+        raise ValueError(
+            f"`samples_per_task` must be <= {n_train} (the training images in the "
+            f"data folder), got {k}."
+        )
     return [
-        torch.from_numpy(rng.choice(_N_TRAIN, size=k, replace=False).astype(np.int64))
+        torch.from_numpy(rng.choice(n_train, size=k, replace=False).astype(np.int64))
         for _ in range(n_tasks)
     ]
 
@@ -187,7 +200,7 @@ def mnist_rotations(
                 "give one angle per task."
             )
     x_tr, y_tr, x_te, y_te = load_mnist(data_root, download=download)
-    subsets = _train_subsets(rng, n_tasks, samples_per_task)
+    subsets = _train_subsets(rng, n_tasks, samples_per_task, len(x_tr))
     train, test = [], []
     for angle, idx in zip(angles, subsets):
         train.append(
@@ -222,7 +235,7 @@ def _permutations(
     rng = np.random.default_rng(seed)
     perms = random_permutations(n_tasks, 28 * 28, rng, first_identity=False)
     x_tr, y_tr, x_te, y_te = load_mnist(data_root, download=download)
-    subsets = _train_subsets(rng, n_tasks, samples_per_task)
+    subsets = _train_subsets(rng, n_tasks, samples_per_task, len(x_tr))
     train = [
         PixelDataset(x_tr, y_tr, indices=idx, permutation=p)
         for p, idx in zip(perms, subsets)
