@@ -664,3 +664,13 @@ def test_reproduction_lists_the_controls():
         assert label in rows
     # on the MLP, WCM only and FCM only are not separate experiments
     assert not any("WCM only" in label or "FCM only" in label for label in rows)
+
+
+def test_output_only_calibrates_the_output_layer_alone():
+    strategy = _strategy(calibration="output")
+    cal = [
+        n
+        for n, _ in strategy.model.named_parameters()
+        if n.endswith(("psi", "lam", "psi_bias"))
+    ]
+    assert sorted(cal) == ["classifier.psi", "classifier.psi_bias"]

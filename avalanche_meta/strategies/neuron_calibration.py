@@ -56,7 +56,8 @@ Controls (not in the paper; for the ablations of ``reproduce nccl``):
 - ``calibration="temperature"``: the only calibration parameter is one scalar logit
   scale on the output layer (FCM, ``scalar_fcm``), trained by the same outer loop;
 - ``calibration="hidden"``: every layer but the output layer is calibrated, the
-  output layer stays plain;
+  output layer stays plain; ``calibration="output"``: the reverse (the output
+  layer only, with its per-unit scales and calibration bias);
 - ``fcm_position="after_bn"``: FCM after the batch norm that follows a layer (see
   :mod:`avalanche_meta.models.calibration`; irrelevant for MLPs).
 
@@ -115,7 +116,7 @@ from avalanche_meta.utils.validation import (
 )
 
 #: The ``calibration`` choices of :class:`NeuronCalibration`.
-CALIBRATION_MODES = ("full", "hidden", "temperature")
+CALIBRATION_MODES = ("full", "hidden", "output", "temperature")
 
 
 def experience_task_classes(exp) -> Dict[int, List[int]]:
@@ -220,8 +221,9 @@ class NeuronCalibration(SupervisedTemplate):
         batch norm).
     :param calibration: which calibration a plain ``model`` gets: ``"full"`` (every
         layer, ``wcm``/``fcm`` as given), ``"hidden"`` (every layer but the output
-        layer) or ``"temperature"`` (one scalar logit scale on the output layer,
-        nothing else). An already calibrated ``model`` is used as is (then
+        layer), ``"output"`` (the output layer only, ``wcm``/``fcm`` as given) or
+        ``"temperature"`` (one scalar logit scale on the output layer, nothing
+        else). An already calibrated ``model`` is used as is (then
         ``calibration``, ``wcm``, ``fcm``, ``combine``, ``fcm_position`` are ignored).
     :param outer_loop: run the outer (calibration) step; ``False`` is the control
         "same inner loop, no calibration update".
@@ -308,7 +310,7 @@ class NeuronCalibration(SupervisedTemplate):
                     fcm=fcm,
                     combine=combine,
                     fcm_position=fcm_position,
-                    layers="all" if calibration == "full" else "hidden",
+                    layers="all" if calibration == "full" else calibration,
                 )
         if num_classes is None:
             try:

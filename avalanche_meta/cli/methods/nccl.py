@@ -64,8 +64,9 @@ PARAMS: Dict[str, Param] = {
     "calibration": (
         str,
         "full",
-        "calibrated layers: full, hidden (not the output layer), temperature "
-        "(one scalar logit scale on the output layer only)",
+        "calibrated layers: full, hidden (not the output layer), output (the "
+        "output layer only), temperature (one scalar logit scale on the output "
+        "layer only)",
     ),
     "outer_loop": (bool, True, "run the outer (calibration) update"),
     "online_batch": (int, 10, "examples per online step"),
@@ -90,7 +91,9 @@ def build_neuron_calibration(ctx: RunContext, **hp) -> Any:
     check_positive("online_batch", hp["online_batch"], integer=True)
     check_choice("combine", hp["combine"], ("multiply", "add"))
     check_choice("fcm_position", hp["fcm_position"], ("before_bn", "after_bn"))
-    check_choice("calibration", hp["calibration"], ("full", "hidden", "temperature"))
+    check_choice(
+        "calibration", hp["calibration"], ("full", "hidden", "output", "temperature")
+    )
     if ctx.scenario == "task" and not ctx.info.task_labels:
         raise ValueError(
             f"Task-IL needs task labels, and benchmark {ctx.info.name!r} has none in "
@@ -182,6 +185,12 @@ _register(
     "nccl-hidden",
     "NCCL control: calibration of the hidden layers only (output layer plain)",
     calibration="hidden",
+)
+_register(
+    "nccl-output",
+    "NCCL control: calibration of the output layer only (per-unit scales and "
+    "calibration bias; hidden layers plain)",
+    calibration="output",
 )
 _register(
     "nccl-er-budget",
@@ -282,6 +291,7 @@ METHODS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("NCCL, output temperature only", "nccl-temperature", {}),
     ("NCCL, hidden layers only", "nccl-hidden", {}),
     ("ER, NCCL's replay budget", "nccl-er-budget", {}),
+    ("NCCL, output layer only", "nccl-output", {}),
     ("NCCL (second order)", "nccl", {"second_order": True}),
     ("NCCL (first order), 1 inner step", "nccl", FIRST_DEFAULTS),
     ("NCCL, no consolidation", "nccl-noreg", {}),
@@ -612,7 +622,7 @@ def _write_repro(
         "values (the plain network); 'output temperature only' has one learned "
         "logit scale on the output layer as its only calibration parameter, trained "
         "by the same outer loop; 'hidden layers only' leaves the output layer "
-        "uncalibrated; 'ER, NCCL's replay budget' is NCCL's inner loop (5 SGD steps "
+        "uncalibrated, 'output layer only' calibrates the output layer alone; 'ER, NCCL's replay budget' is NCCL's inner loop (5 SGD steps "
         "per incoming batch, 50 fresh memories each: 250 memories) without "
         "distillation and without outer loop, while 'ER (same memory)' replays 10 "
         "memories per example (10 steps, 100 memories per incoming batch) and its "
