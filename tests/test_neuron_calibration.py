@@ -599,7 +599,7 @@ def test_hidden_only_leaves_the_output_layer_plain():
 
 def test_bad_calibration_options():
     with pytest.raises(ValueError, match="calibration"):
-        _strategy(calibration="output")
+        _strategy(calibration="head")
     with pytest.raises(ValueError, match="fcm_position"):
         _strategy(fcm_position="middle")
 
@@ -667,7 +667,7 @@ def test_reproduction_lists_the_controls():
 
 
 def test_output_only_calibrates_the_output_layer_alone():
-    strategy = _strategy(calibration="output")
+    strategy = _strategy(calibration="head")
     cal = [
         n
         for n, _ in strategy.model.named_parameters()
