@@ -667,7 +667,7 @@ def test_reproduction_lists_the_controls():
 
 
 def test_output_only_calibrates_the_output_layer_alone():
-    strategy = _strategy(calibration="head")
+    strategy = _strategy(calibration="output")
     cal = [
         n
         for n, _ in strategy.model.named_parameters()
