@@ -66,6 +66,14 @@ CASES = {
         "class",
     ),
     "ewc": ("ewc", None, dict(hidden="16", batch_size=8, epochs=1, lr=0.1), "class"),
+    "si": ("si", None, dict(hidden="16", batch_size=8, epochs=1, lr=0.1), "class"),
+    "lwf": ("lwf", None, dict(hidden="16", batch_size=8, epochs=1, lr=0.1), "class"),
+    "xdg": (
+        "xdg",
+        None,
+        dict(hidden="16", batch_size=8, epochs=1, lr=0.1, gating_prop=0.5),
+        "task",
+    ),
     "er": (
         "er",
         None,

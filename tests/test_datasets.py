@@ -7,7 +7,6 @@ the data folder has it, else the real MNIST subset from PyPI (``make test-data``
 from __future__ import annotations
 
 import gzip
-import os
 import socket
 from pathlib import Path
 

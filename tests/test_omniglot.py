@@ -1,5 +1,8 @@
 """Omniglot loader and benchmarks: a tiny synthetic zip in Omniglot's layout, the
-offline subsets in the shared data folder, and a MAML smoke run on them."""
+two small subsets (``data_root``: the real zips in the data folder where available,
+else the synthetic stand-in of tests/conftest.py with the same alphabets and
+counts), and a MAML smoke run on them. Real Omniglot pixels are checked in
+tests/test_real_data.py."""
 
 import io
 import json
