@@ -31,8 +31,14 @@ Resuming with ``save_checkpoint`` / ``maybe_load_checkpoint``: the checkpoint ho
 the strategy (model, optimizer state, plugins, the strategies' own state such as a
 replay memory and its random generator) and the global random generators (torch,
 numpy, ``random``, through Avalanche's ``RNGManager``), so training resumed in a new
-process continues exactly as an uninterrupted run (``tests/test_checkpoint.py``
-checks it for Avalanche's Naive and this package's strategies).
+process continues exactly as an uninterrupted run: ``tests/test_checkpoint.py``
+checks it, bit for bit, for Avalanche's Naive (SGD and Adam), Replay, EWC, SI, LwF
+and for MER (Algorithms 1 and 7, a multi-head model), ER, NCCL, XdG, BI-R and its
+RtF / DGR presets, MAML, FO-MAML, Reptile and transfer learning. Not yet BI-R with
+SI (``bir-si``): its ``ReferenceSIPlugin`` remembers its modules' parameters by
+``id()``, which changes when a checkpoint is loaded. With an online stream,
+``maybe_load_checkpoint`` returns Avalanche's experience counter, which counts the
+mini-experiences given to ``train`` (not the original experiences).
 
 Example::
 
