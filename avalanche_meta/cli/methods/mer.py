@@ -328,10 +328,12 @@ def reproduce_mer_mnist(ctx: ReproContext) -> None:
     """Riemer et al.'s MNIST table: RA, LA, BTI of four methods per protocol/memory.
 
     Full: 20 tasks x 1000 examples (Many Permutations 100 x 200), memories 5120 and
-    200 (Many Permutations: 500), the paper's hyper-parameters, 3 seeds.
-    ``--quick``: 5 tasks x 200 examples (Many Permutations 10 x 50), the small
-    memory only (200; Many Permutations 500), one seed. ``ctx.extra`` may restrict
-    the table to ``methods`` (of mer, er, avalanche-mer, naive), ``protocols`` (of
+    200 (Many Permutations: 500), the original code's settings (module docstring),
+    3 seeds. ``--quick``: 5 tasks x 200 examples (Many Permutations 10 x 50), the
+    small memory only (200; Many Permutations 500), one seed. ``ctx.extra`` may
+    restrict the table to ``methods`` (of mer, er, avalanche-mer, naive; or add
+    mer-alg6, mer-alg7: Algorithms 6 and 7 with the code's settings, run only where
+    the code has a setting), ``protocols`` (of
     rotations, permutations, many) and ``memories``; the results document then
     gets a separate "partial" section (named with ``extra["section_suffix"]``, if
     given) that lists what was left out.
