@@ -421,3 +421,46 @@ def test_store_merge_and_list(tmp_path, capsys):
     assert main(["store", "merge", str(b), str(c), "--no-weights"]) == 0
     assert "3 run(s) copied" in capsys.readouterr().out
     assert main(["store", "merge", str(tmp_path / "nope"), str(c)]) == 2
+
+
+def test_processes_executor_ctrl_c_keeps_finished_runs(tmp_path):
+    """A KeyboardInterrupt (here raised inside a worker's run) stops the sweep,
+    stops the workers and keeps the runs finished before it."""
+    first = fake("first", 0, tmp_path)
+    stop = fake("stop", 0, tmp_path, interrupt=True, sleep=0.5)
+    later = [fake("later", s, tmp_path, sleep=2.0) for s in range(3)]
+    store = RunStore(tmp_path / "store")
+    run_sweep([first], store, runner=fake_runner, log=None)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(
+            [first, stop] + later,
+            store,
+            executor="processes",
+            workers=2,
+            runner=fake_runner,
+            log=None,
+        )
+    assert store.has(first) and not store.has(stop)
+    assert sum(store.has(c) for c in later) < 3  # stopped before the end
+    assert list((store.root / ".tmp").iterdir()) == []
+
+
+def test_long_runs_start_first_once_their_duration_is_known():
+    from collections import Counter, deque
+
+    from avalanche_meta.experiments.executors import Job, cost_group, pop_next
+
+    jobs = [Job(fake(n, s, "/m"), RunSettings(), "/s") for n in "ab" for s in range(3)]
+
+    def order(estimates):
+        queue, started = deque(jobs), Counter()
+        out = [pop_next(queue, estimates, started) for _ in jobs]
+        return [f"{j.config.strategy}{j.config.seed}" for j in out]
+
+    # nothing known: one run of each kind in turn (to time them)
+    assert order({}) == ["a0", "b0", "a1", "b1", "a2", "b2"]
+    ga, gb = cost_group(jobs[0].config), cost_group(jobs[3].config)
+    assert ga == cost_group(jobs[1].config) and ga != gb  # seeds share a group
+    # known: longest first; unknown kinds before known ones
+    assert order({ga: 1.0, gb: 10.0}) == ["b0", "b1", "b2", "a0", "a1", "a2"]
+    assert order({ga: 1.0}) == ["b0", "b1", "b2", "a0", "a1", "a2"]

@@ -441,34 +441,49 @@ def _settings(items: Sequence[str]) -> Dict[str, Dict[str, Any]]:
 
 
 def cmd_compare(args: argparse.Namespace, argv: List[str]) -> int:
-    _set_threads(args.threads)
+    from avalanche_meta.experiments import make_executor
+
     _check_execution(args)
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {args.threads}.")
-    res = compare_experiments(
-        args.strategies,
-        args.benchmark,
-        seeds=args.seeds,
-        scenario=args.scenario,
-        settings=_settings(args.set),
-        out_dir=args.out,
-        data_root=args.data_root,
-        device=args.device,
-        benchmark_options=_key_values(args.bench_opt, "--bench-opt"),
-        initial_eval=not args.no_initial_eval,
-        plots=not args.no_plots,
-        progress=args.progress,
-        command=shlex.join([PROG, *argv]),
-        store=_store_of(args),
-        executor=args.executor,
+    executor = make_executor(
+        args.executor,
         workers=args.workers,
         threads=args.threads,
         address=args.address,
         gpus_per_run=args.gpus_per_run,
-        retries=args.retries,
-        execute=not args.no_run,
-        save_model=args.save_model,
+        device=args.device,
     )
+    try:
+        if not args.no_run:
+            # worker processes import torch and Avalanche while this process does
+            executor.start()
+        _set_threads(args.threads)
+        res = compare_experiments(
+            args.strategies,
+            args.benchmark,
+            seeds=args.seeds,
+            scenario=args.scenario,
+            settings=_settings(args.set),
+            out_dir=args.out,
+            data_root=args.data_root,
+            device=args.device,
+            benchmark_options=_key_values(args.bench_opt, "--bench-opt"),
+            initial_eval=not args.no_initial_eval,
+            plots=not args.no_plots,
+            progress=args.progress,
+            command=shlex.join([PROG, *argv]),
+            store=_store_of(args),
+            executor=executor,
+            retries=args.retries,
+            execute=not args.no_run,
+            save_model=args.save_model,
+        )
+    except BaseException:
+        # bad input or Ctrl-C: do not wait for the workers
+        getattr(executor, "terminate", executor.close)()
+        raise
+    executor.close()
     print()
     print(
         f"{res['benchmark']} ({res['scenario']}-IL), mean ± std over seeds "

@@ -1,9 +1,11 @@
 """Runs one experiment (a registered strategy on a registered benchmark) or a comparison.
 
-:func:`run_experiment` is what ``avalanche-meta run`` calls and what reproductions
-call through :meth:`ReproContext.run`; :func:`compare_experiments` is what
-``avalanche-meta compare`` calls. Both return plain dicts and write them as JSON in
-the run folder, with plots.
+:func:`run_experiment` is what ``avalanche-meta run`` calls and what each run of a
+sweep calls; :func:`compare_experiments` (``avalanche-meta compare``) and
+:func:`run_stored` (what :meth:`ReproContext.run` calls when it has a store) go
+through a run store and an executor (:mod:`avalanche_meta.experiments`), so a
+finished run is never redone. They return plain dicts and write them as JSON in the
+run folder, with plots.
 
 The protocol: seed torch/numpy/random, build the benchmark, then for each training
 experience train on it (as an online stream of small sub-experiences when the
@@ -28,21 +30,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-import numpy as np
-import torch
-
 from avalanche_meta.cli import registry
-from avalanche_meta.cli.context import RunContext
-from avalanche_meta.evaluation.metrics import (
-    average_accuracy,
-    bti,
-    bwt,
-    continual_metrics,
-    forgetting,
-    fwt,
-    learning_accuracy,
-)
-from avalanche_meta.utils.scenario import check_scenario
+
+# torch, numpy, Avalanche and the metrics are imported where they are used, so that
+# importing this module (and starting the command line) is cheap: ``compare
+# --executor processes`` starts its worker processes before this process pays for
+# those imports.
 
 #: The summaries ``compare`` tabulates: (results.json key, column title).
 SUMMARY_COLUMNS = (
@@ -94,6 +87,8 @@ def resolve_scenario(
 ) -> str:
     """The scenario to run: ``scenario`` or the benchmark's default, checked against
     what the benchmark and the strategy support."""
+    from avalanche_meta.utils.scenario import check_scenario
+
     scenario = check_scenario(scenario or b_spec.default_scenario)
     if scenario not in b_spec.scenarios:
         raise UsageError(
@@ -223,6 +218,9 @@ def parse_literal(text: str) -> Any:
 # --------------------------------------------------------------------------------
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (CPU and CUDA) and Avalanche's RNG manager."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -250,6 +248,8 @@ def default_run_dir(strategy: str, benchmark: str, scenario: str, seed: int) -> 
 def versions() -> Dict[str, str]:
     """Versions of Python and the libraries a result depends on."""
     import avalanche
+    import numpy as np
+    import torch
 
     import avalanche_meta
 
@@ -284,6 +284,15 @@ def _summaries(
     R: List[List[Optional[float]]], b: Optional[List[Optional[float]]], joint: bool
 ) -> Dict[str, Optional[float]]:
     """The summaries of a percent matrix (see :mod:`avalanche_meta.evaluation`)."""
+    from avalanche_meta.evaluation.metrics import (
+        average_accuracy,
+        bti,
+        bwt,
+        forgetting,
+        fwt,
+        learning_accuracy,
+    )
+
     T = len(R[0]) if R else 0
     empty = dict.fromkeys(
         ("average_accuracy", "learning_accuracy", "bwt", "bti", "forgetting", "fwt")
@@ -364,6 +373,11 @@ def run_experiment(
     ``online_batch``. ``peak_memory_mb`` is the process's peak resident memory,
     so with several runs in one process it is the peak over all of them so far.
     """
+    import torch
+
+    from avalanche_meta.cli.context import RunContext
+    from avalanche_meta.evaluation.metrics import continual_metrics
+
     s_spec = get_strategy_spec(strategy)
     b_spec = get_benchmark_spec(benchmark)
     scenario = resolve_scenario(s_spec, b_spec, scenario)

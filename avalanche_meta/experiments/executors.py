@@ -25,12 +25,12 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from avalanche_meta.experiments.config import RunConfig, RunSettings
+from avalanche_meta.experiments.config import RunConfig, RunSettings, canonical_json
 from avalanche_meta.experiments.store import RunStore, worker_info
 
 #: ``runner(config, out_dir, settings) -> results``: trains and evaluates one run,
@@ -209,14 +209,55 @@ def _error_text(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+def cost_group(config: RunConfig) -> str:
+    """Runs that differ only by their seed take about as long: they share a group."""
+    data = config.to_dict()
+    data.pop("seed")
+    return canonical_json(data)
+
+
+def pop_next(queue: deque, estimates: Dict[str, float], started: Counter) -> Job:
+    """Take the job to start next from ``queue``: first a run of a group whose
+    duration is not known yet (one of each such group in turn), then the longest
+    expected run (``estimates``: seconds per :func:`cost_group`), so that the long
+    runs do not end up alone at the end of a sweep. Ties keep the given order."""
+
+    def rank(item):
+        i, job = item
+        group = cost_group(job.config)
+        if group not in estimates:
+            return (0, started[group], 0.0, i)
+        return (1, 0, -estimates[group], i)
+
+    i, job = min(enumerate(queue), key=rank)
+    del queue[i]
+    started[cost_group(job.config)] += 1
+    return job
+
+
 class Executor:
     """Base class: :meth:`run` yields :class:`Event` s until every job finished or
     failed. Use as a context manager (or call :meth:`close`) to free workers."""
 
     name = "base"
 
-    def run(self, jobs: List[Job], retries: int) -> Iterator[Event]:  # pragma: no cover
+    def run(
+        self,
+        jobs: List[Job],
+        retries: int,
+        estimates: Optional[Dict[str, float]] = None,
+    ) -> Iterator[Event]:  # pragma: no cover
+        """Execute ``jobs``.
+
+        :param retries: attempts after the first for a failing run.
+        :param estimates: expected seconds per :func:`cost_group` (e.g. from runs
+            the store holds); parallel executors start long runs first.
+        """
         raise NotImplementedError
+
+    def start(self) -> None:
+        """Start the workers now (they import torch and Avalanche while this process
+        does something else); otherwise they start with the first run."""
 
     def close(self) -> None:
         """Free the workers (a no-op for the local executor)."""
@@ -241,7 +282,12 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def run(self, jobs: List[Job], retries: int) -> Iterator[Event]:
+    def run(
+        self,
+        jobs: List[Job],
+        retries: int,
+        estimates: Optional[Dict[str, float]] = None,
+    ) -> Iterator[Event]:
         queue = deque(jobs)
         while queue:
             job = queue.popleft()
@@ -254,8 +300,17 @@ class LocalExecutor(Executor):
             yield Event("done", job, summary=summary)
 
 
-def _init_worker(threads: Optional[int]) -> None:
+def _init_worker(threads: Optional[int], preload: bool) -> None:
     set_threads(threads)
+    if preload:
+        from avalanche_meta.cli import registry
+        from avalanche_meta.cli.runner import run_experiment  # noqa: F401
+
+        registry.load_all()
+
+
+def _ready() -> int:
+    return os.getpid()
 
 
 class ProcessExecutor(Executor):
@@ -263,21 +318,35 @@ class ProcessExecutor(Executor):
     threads.
 
     At most ``workers`` runs are submitted at a time, so every submitted run is
-    running. If a worker process dies, the pool breaks: each run that was in flight
-    counts one failed attempt (the pool does not tell which one died) and is
-    resubmitted to a fresh pool.
+    running, and the next run to start is chosen when a worker frees up (see
+    :func:`pop_next`: runs of a kind not timed yet first, then the longest). If a
+    worker process dies, the pool breaks: each run that was in flight counts one
+    failed attempt (the pool does not tell which one died) and is resubmitted to a
+    fresh pool.
 
     :param workers: number of worker processes.
     :param threads: torch CPU threads per worker (None or 0: torch's choice).
+    :param preload: each worker imports the runner, torch and Avalanche as it
+        starts (for the default runner; a custom runner imports what it needs).
+    :param start_method: ``multiprocessing`` start method (``"spawn"``: a fresh
+        interpreter per worker, safe with torch's threads and CUDA).
     """
 
     name = "processes"
 
-    def __init__(self, workers: int = 2, threads: Optional[int] = 1) -> None:
+    def __init__(
+        self,
+        workers: int = 2,
+        threads: Optional[int] = 1,
+        preload: bool = True,
+        start_method: str = "spawn",
+    ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"`workers` must be a positive integer, got {workers!r}.")
         self.workers = workers
         self.threads = threads
+        self.preload = preload
+        self.start_method = start_method
         self._pool = None
 
     def _new_pool(self):
@@ -286,23 +355,37 @@ class ProcessExecutor(Executor):
 
         return ProcessPoolExecutor(
             max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=multiprocessing.get_context(self.start_method),
             initializer=_init_worker,
-            initargs=(self.threads,),
+            initargs=(self.threads, self.preload),
         )
 
-    def run(self, jobs: List[Job], retries: int) -> Iterator[Event]:
+    def start(self) -> None:
+        """Create the pool and start every worker (one no-op task each)."""
+        if self._pool is None:
+            self._pool = self._new_pool()
+            for _ in range(self.workers):
+                self._pool.submit(_ready)
+
+    def run(
+        self,
+        jobs: List[Job],
+        retries: int,
+        estimates: Optional[Dict[str, float]] = None,
+    ) -> Iterator[Event]:
         from concurrent.futures import FIRST_COMPLETED, wait
         from concurrent.futures.process import BrokenProcessPool
 
         queue = deque(jobs)
+        estimates = dict(estimates or {})
+        started: Counter = Counter()
         inflight: Dict[Any, Job] = {}
         if self._pool is None:
             self._pool = self._new_pool()
         try:
             while queue or inflight:
                 while queue and len(inflight) < self.workers:
-                    job = queue.popleft()
+                    job = pop_next(queue, estimates, started)
                     inflight[self._pool.submit(execute_job, job)] = job
                     yield Event("start", job, running=len(inflight))
                 done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
@@ -320,6 +403,8 @@ class ProcessExecutor(Executor):
                     except Exception as err:  # noqa: BLE001 - reported or retried
                         yield self._failed(job, _error_text(err), retries, queue)
                         continue
+                    if summary.get("status") == "ran":
+                        estimates[cost_group(job.config)] = summary["seconds"]
                     yield Event("done", job, summary=summary, running=len(inflight))
                 if broken:
                     # every run still in flight died with the pool
@@ -331,13 +416,27 @@ class ProcessExecutor(Executor):
                     self._pool.shutdown(wait=True, cancel_futures=True)
                     self._pool = self._new_pool()
         except BaseException:
-            # Ctrl-C or a closed generator: drop queued runs, let the pool go.
-            self.close(wait=False)
+            # Ctrl-C or a closed generator: stop the workers, keep finished runs.
+            self.terminate()
             raise
 
-    def close(self, wait: bool = True) -> None:
+    def close(self) -> None:
+        """Let the workers finish and exit."""
         if self._pool is not None:
-            self._pool.shutdown(wait=wait, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def terminate(self) -> None:
+        """Stop the workers now (runs in progress are lost, finished ones kept)."""
+        if self._pool is not None:
+            # the pool has no public way to stop running tasks: terminate its
+            # processes (their half-written runs are removed by clean_stale)
+            procs = list((getattr(self._pool, "_processes", None) or {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.join(timeout=10)
             self._pool = None
 
 
@@ -398,8 +497,17 @@ class RayExecutor(Executor):
             self.ray.init(**kwargs)
             self._started = True
 
-    def run(self, jobs: List[Job], retries: int) -> Iterator[Event]:
+    def run(
+        self,
+        jobs: List[Job],
+        retries: int,
+        estimates: Optional[Dict[str, float]] = None,
+    ) -> Iterator[Event]:
+        """Submit every job at once (Ray queues them), in the order of
+        :func:`pop_next` with the durations known beforehand."""
         ray = self.ray
+        queue, started = deque(jobs), Counter()
+        jobs = [pop_next(queue, dict(estimates or {}), started) for _ in jobs]
         remote = ray.remote(execute_job_remote).options(
             num_cpus=self.cpus_per_run,
             num_gpus=self.gpus_per_run,
@@ -456,6 +564,7 @@ def make_executor(
     address: Optional[str] = None,
     gpus_per_run: Optional[float] = None,
     device: str = "cpu",
+    preload: bool = True,
 ) -> Executor:
     """The executor called ``name`` (``local``, ``processes`` or ``ray``).
 
@@ -465,6 +574,7 @@ def make_executor(
     :param address: Ray cluster address (``ray`` only).
     :param gpus_per_run: GPUs per run (``ray``; default 1 when ``device`` is CUDA,
         else 0).
+    :param preload: ``processes`` workers import the default runner as they start.
     :raises ValueError: unknown name, bad numbers, options the executor does not
         take, or Ray not installed.
     """
@@ -491,7 +601,7 @@ def make_executor(
             )
         return LocalExecutor()
     if name == "processes":
-        return ProcessExecutor(workers=workers or 2, threads=threads)
+        return ProcessExecutor(workers=workers or 2, threads=threads, preload=preload)
     if gpus_per_run is None:
         gpus_per_run = 1.0 if str(device).startswith("cuda") else 0.0
     return RayExecutor(

@@ -30,10 +30,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Unio
 
 from avalanche_meta.experiments.config import RunConfig, RunSettings
 from avalanche_meta.experiments.executors import (
-    Event,
     Executor,
     Job,
     Runner,
+    cost_group,
     make_executor,
 )
 from avalanche_meta.experiments.store import RunStore
@@ -169,10 +169,19 @@ def run_sweep(
             address=address,
             gpus_per_run=gpus_per_run,
             device=settings.device,
+            preload=runner is None,
         )
         if own
         else executor
     )
+    # durations of runs the store holds: parallel executors start long runs first
+    estimates: Dict[str, float] = {}
+    for c in configs:
+        res = result.results.get(c.key)
+        if res and isinstance(res.get("train_seconds"), (int, float)):
+            estimates[cost_group(c)] = res["train_seconds"] + float(
+                res.get("eval_seconds") or 0.0
+            )
     from tqdm.auto import tqdm
 
     bar = tqdm(
@@ -199,7 +208,7 @@ def run_sweep(
         )
 
     try:
-        for ev in ex.run(jobs, retries):
+        for ev in ex.run(jobs, retries, estimates):
             if ev.kind == "done":
                 done += 1
                 bar.update(1)
