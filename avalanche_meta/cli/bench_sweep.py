@@ -5,7 +5,11 @@ Registered by :func:`avalanche_meta.cli.registry.load_all`.
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -56,8 +60,6 @@ def _differences(ref: Dict[str, Any], other: Dict[str, Any]) -> List[str]:
 
 
 def _load_runs(compare_dir: Path) -> Dict[str, Dict[str, Any]]:
-    import json
-
     return {
         link.name: json.loads((link / "results.json").read_text())
         for link in sorted(compare_dir.iterdir())
@@ -83,18 +85,19 @@ def bench_sweep(ctx: BenchContext) -> Dict[str, Dict[str, Any]]:
     --scenario class --seeds 3 --set er.mem_size=200 --set mer.mem_size=200`` with
     ``--executor local``, ``--executor processes --workers 2`` and (when Ray is
     installed) ``--executor ray --workers 2`` (a local Ray instance, started and
-    stopped inside the timing), each into a fresh store, one after another; then
-    runs the local one again on its own store (a resumed table: nothing must run).
+    stopped inside the timing), each as its own command (``python -m
+    avalanche_meta compare ...``) into a fresh store, one after another; then runs
+    the local one again on its own store (a resumed table: nothing must run).
 
-    Wall-clock covers the whole ``compare`` call (worker start-up included); torch
-    runs one thread per run everywhere. The ``identical`` column checks that every
+    Wall-clock is the whole command's, as a user sees it (Python start-up, imports,
+    worker and Ray start-up included); torch runs one thread per run everywhere
+    (``--threads 1``). The ``identical`` column checks that every
     run's metrics in ``results.json`` (accuracy matrix, initial accuracies and
     their summaries) equal the local run's exactly. ``--quick``: naive and replay,
     2 seeds, 1 epoch, 16 hidden units (a check that it works, not a measurement).
     ``ctx.extra["executors"]`` may restrict the executors (local always runs).
     """
     from avalanche_meta.cli.results_doc import provenance, write_section
-    from avalanche_meta.cli.runner import compare_experiments
 
     plan = QUICK if ctx.quick else FULL
     root = Path(ctx.out_dir) / "bench-sweep" / time.strftime("%Y%m%d-%H%M%S")
@@ -104,29 +107,37 @@ def bench_sweep(ctx: BenchContext) -> Dict[str, Dict[str, Any]]:
         executors = ["local"] + [e for e in executors[1:] if e in wanted]
     rows: Dict[str, Dict[str, Any]] = {}
     runs: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    commands: Dict[str, str] = {}
+
+    sets: List[str] = []
+    for strategy, hp in plan["settings"].items():
+        for k, v in hp.items():
+            sets += ["--set", f"{strategy}.{k}={v}"]
+    base = [*plan["strategies"], "--benchmark", "split-digits", "--scenario", "class"]
+    base += ["--seeds", str(plan["seeds"]), *sets, "--no-plots", "--threads", "1"]
+    base += ["--device", ctx.device]
+    if ctx.data_root:
+        base += ["--data-root", str(ctx.data_root)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
     def one(label: str, executor: str, folder: str) -> Dict[str, Any]:
+        out = root / folder
+        argv = [sys.executable, "-m", "avalanche_meta", "compare", *base]
+        argv += ["--out", str(out), "--store", str(out / "store")]
+        argv += ["--executor", executor]
+        if executor != "local":
+            argv += ["--workers", "2"]
         t0 = time.perf_counter()
-        res = compare_experiments(
-            list(plan["strategies"]),
-            "split-digits",
-            seeds=plan["seeds"],
-            scenario="class",
-            settings=plan["settings"],
-            out_dir=root / folder,
-            data_root=ctx.data_root,
-            device=ctx.device,
-            plots=False,
-            log=None,
-            store=root / folder / "store",
-            executor=executor,
-            workers=None if executor == "local" else 2,
-            threads=1,
-            progress_bar=False,
-            command=ctx.command,
-        )
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
-        runs[label] = _load_runs(root / folder)
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"bench sweep: `{shlex.join(argv[1:])}` failed with status "
+                f"{proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+            )
+        res = json.loads((out / "comparison.json").read_text())
+        runs[label] = _load_runs(out)
+        commands[label] = shlex.join(["avalanche-meta", *argv[3:]])
         return {
             "wall_s": round(wall, 1),
             "runs_executed": res["executed"],
@@ -154,19 +165,16 @@ def bench_sweep(ctx: BenchContext) -> Dict[str, Dict[str, Any]]:
 
     if ctx.write_results:
         n_runs = len(plan["strategies"]) * plan["seeds"]
-        sets = " ".join(
-            f"--set {s}.{k}={v}"
-            for s, hp in plan["settings"].items()
-            for k, v in hp.items()
-        )
         lines = [
             provenance(ctx.command or "avalanche-meta bench sweep"),
-            f"- setting: `avalanche-meta compare {' '.join(plan['strategies'])} "
-            f"--benchmark split-digits --scenario class --seeds {plan['seeds']} {sets}` "
-            f"({n_runs} runs, no plots) with each executor, each into a fresh store, "
-            "one after another; torch threads 1 per run; wall-clock of the whole "
-            "command (worker and Ray start-up included); "
-            f"1-min load average at the end: {load:.1f}.\n",
+            f"- setting: {n_runs} runs ({', '.join(plan['strategies'])} x "
+            f"{plan['seeds']} seeds, split digits, Class-IL, no plots), the same "
+            "comparison through each executor as its own command, each into a "
+            "fresh store, one after another; torch threads 1 per run; wall-clock "
+            "of the whole command (Python start-up, imports, worker and Ray "
+            f"start-up included); 1-min load average at the end: {load:.1f}.\n",
+            "- commands:\n"
+            + "".join(f"  - {label}: `{cmd}`\n" for label, cmd in commands.items()),
             "| executor | wall (s) | speed-up | runs executed | same numbers as local |",
             "|---|---|---|---|---|",
         ]

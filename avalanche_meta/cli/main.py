@@ -447,17 +447,16 @@ def cmd_compare(args: argparse.Namespace, argv: List[str]) -> int:
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {args.threads}.")
     executor = make_executor(
-        args.executor,
-        workers=args.workers,
+        "local" if args.no_run else args.executor,
+        workers=None if args.no_run else args.workers,
         threads=args.threads,
-        address=args.address,
-        gpus_per_run=args.gpus_per_run,
+        address=args.address if not args.no_run else None,
+        gpus_per_run=args.gpus_per_run if not args.no_run else None,
         device=args.device,
     )
     try:
-        if not args.no_run:
-            # worker processes import torch and Avalanche while this process does
-            executor.start()
+        # worker processes import torch and Avalanche while this process does
+        executor.start()
         _set_threads(args.threads)
         res = compare_experiments(
             args.strategies,
