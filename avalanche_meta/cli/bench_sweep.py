@@ -123,10 +123,12 @@ def bench_sweep(ctx: BenchContext) -> Dict[str, Dict[str, Any]]:
     def one(label: str, executor: str, folder: str) -> Dict[str, Any]:
         out = root / folder
         argv = [sys.executable, "-m", "avalanche_meta", "compare", *base]
-        argv += ["--out", str(out), "--store", str(out / "store")]
         argv += ["--executor", executor]
         if executor != "local":
             argv += ["--workers", "2"]
+        commands[label] = shlex.join(["avalanche-meta", *argv[3:]])
+        commands[label] += " --out OUT --store OUT/store"
+        argv += ["--out", str(out), "--store", str(out / "store")]
         t0 = time.perf_counter()
         proc = subprocess.run(argv, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -137,7 +139,6 @@ def bench_sweep(ctx: BenchContext) -> Dict[str, Dict[str, Any]]:
             )
         res = json.loads((out / "comparison.json").read_text())
         runs[label] = _load_runs(out)
-        commands[label] = shlex.join(["avalanche-meta", *argv[3:]])
         return {
             "wall_s": round(wall, 1),
             "runs_executed": res["executed"],
@@ -173,8 +174,9 @@ def bench_sweep(ctx: BenchContext) -> Dict[str, Dict[str, Any]]:
             "fresh store, one after another; torch threads 1 per run; wall-clock "
             "of the whole command (Python start-up, imports, worker and Ray "
             f"start-up included); 1-min load average at the end: {load:.1f}.\n",
-            "- commands:\n"
-            + "".join(f"  - {label}: `{cmd}`\n" for label, cmd in commands.items()),
+            f"- command: `{commands['local']}` (OUT: a fresh folder per executor), "
+            "then the same with `--executor processes --workers 2` and "
+            "`--executor ray --workers 2`, then the local one again (resumed).\n",
             "| executor | wall (s) | speed-up | runs executed | same numbers as local |",
             "|---|---|---|---|---|",
         ]
