@@ -64,8 +64,8 @@ PY
     rm -rf "$work"
 fi
 
-echo "[bootstrap] installing avalanche-meta (editable, with dev extras)"
-"${PIP[@]}" install -q -e "$ROOT[dev]"
+echo "[bootstrap] installing avalanche-meta (editable, with the dev and ray extras)"
+"${PIP[@]}" install -q -e "$ROOT[dev,ray]"
 "$VENV/bin/python" -c "from avalanche_meta.utils.quiet_import import import_learn2learn; import_learn2learn(); import avalanche, torchvision"
 echo "$want" > "$STAMP"
 echo "[bootstrap] done: $VENV"
