@@ -124,6 +124,13 @@ def test_key_is_the_configuration_not_the_revision(tmp_path):
     assert len(keys) == len(changed) and a.key not in keys
     # defaults are filled in: writing a default out gives the same run
     assert tiny(lr=0.001).key == a.key and tiny(lr="0.001").key == a.key
+    # a preset is the same run as its values written out
+    from avalanche_meta.cli import registry
+
+    registry.load_all()
+    preset, values = next(iter(registry.STRATEGIES["mer"].presets.items()))
+    by_name = resolve_run_config("mer", "split-digits", preset=preset)
+    assert by_name.key == resolve_run_config("mer", "split-digits", hparams=values).key
     # the revision is recorded in the run, not in its key
     store = RunStore(tmp_path)
     run_sweep([fake("x", 0, tmp_path)], store, runner=fake_runner, log=None)

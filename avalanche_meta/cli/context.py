@@ -71,10 +71,12 @@ class ReproContext:
         command line always gives one).
     :param executor: where :meth:`run` executes a run the store lacks: ``"local"``
         (this process), ``"processes"``, ``"ray"`` or an
-        :class:`~avalanche_meta.experiments.Executor`; needs ``store``. Runs
-        still execute one at a time: a reproduction calls :meth:`run` and waits for
-        each result, so other executors give retries, isolation and Ray's GPU
-        placement here, not parallelism.
+        :class:`~avalanche_meta.experiments.Executor`; needs ``store``. Give an
+        ``Executor`` (``make_executor``) to keep its workers between runs; a name
+        starts and stops one per run. Runs still execute one at a time: a
+        reproduction calls :meth:`run` and waits for each result, so other
+        executors give retries, isolation and Ray's GPU placement here, not
+        parallelism.
     :param retries: attempts after the first for a run that fails or whose worker
         dies (with ``store``).
     :param execute: False: run nothing; a run the store lacks raises
