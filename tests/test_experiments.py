@@ -287,7 +287,7 @@ def test_ray_same_numbers_and_a_killed_worker_loses_nothing(
         assert metrics(res.get(c)) == metrics(local_runs[c.seed])
 
     # kill the Ray worker of one run as soon as it starts: Ray retries it
-    slow = [tiny(seed=s, epochs=3) for s in range(3)]
+    slow = [tiny(seed=s, epochs=2) for s in range(2)]
     killed = []
 
     def killer():
