@@ -148,6 +148,8 @@ def test_bad_configuration_is_a_usage_error():
         tiny(nope=1)
     with pytest.raises(UsageError, match="seed"):
         tiny(seed=-1)
+    with pytest.raises(TypeError, match="run configuration holds"):
+        RunConfig("naive", "split-digits", hparams={"f": object()}).key
 
 
 # ----------------------------------------------------------------------- resume

@@ -37,12 +37,17 @@ RESULT_OPTIONS = ("initial_eval",)
 
 
 def _jsonable(value: Any) -> Any:
-    """``json.dumps`` fallback: paths and other objects as text, sets sorted."""
+    """``json.dumps`` fallback: paths as text, sets sorted; anything else is an
+    error (its text could differ between processes, and so would the key)."""
     if isinstance(value, PurePath):
         return str(value)
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
-    return repr(value)
+    raise TypeError(
+        f"a run configuration holds {value!r} ({type(value).__name__}); use "
+        "numbers, strings, booleans, None, lists and dicts (a key is a hash of "
+        "their JSON)."
+    )
 
 
 def canonical_json(value: Any) -> str:
@@ -64,7 +69,9 @@ class RunConfig:
     :param options: other options that change the numbers (``initial_eval``) or
         that a custom runner reads.
 
-    Treat it as immutable: :attr:`key` is computed from the fields on each access.
+    Values must be JSON data (numbers, strings, booleans, None, lists, dicts; paths
+    are taken as text). Treat it as immutable: :attr:`key` is computed from the
+    fields on each access.
     """
 
     strategy: str
