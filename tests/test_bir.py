@@ -184,6 +184,31 @@ def test_replay_identity_switches():
         bir(small_vae(), replay_identity="soft")
 
 
+def test_task_relative_real_gate_labels_reproduce_the_reference_quirk():
+    """Reference (train.py): in Task-IL real data are gated by task-relative labels
+    (y - classes_per_task * (task - 1)); the switch reproduces it, the default uses
+    the global class."""
+    torch.manual_seed(0)
+    vae = small_vae("task")
+    s = bir(vae, scenario="task", real_gate_labels="task-relative")
+    s.is_training = True
+    s.active.observe_classes([0, 1], 0)
+    s.active.observe_classes([2, 3], 1)
+    y = torch.tensor([2, 3, 3])
+    s.mbatch = [torch.rand(3, 1, 8, 8), y, torch.tensor([1, 1, 1])]
+    assert torch.equal(s._real_gate_classes(), torch.tensor([0, 1, 1]))
+    seen = {}
+    vae.decoder[0].register_forward_hook(lambda m, i, o: seen.update(pre=o))
+    vae.decoder[1].register_forward_hook(lambda m, i, o: seen.update(gated=i[0]))
+    s.forward()
+    mask = vae.gates.mask(0)[torch.tensor([0, 1, 1])]
+    assert torch.allclose(seen["gated"], torch.relu(seen["pre"]) * mask)
+    default = bir(small_vae("task"), scenario="task")
+    default.active.observe_classes([2, 3], 1)
+    default.mbatch = s.mbatch
+    assert default._real_gate_classes() is None  # global classes select the gates
+
+
 # -- presets and switches --------------------------------------------------------------------
 def test_presets_set_their_switches():
     vae = small_vae()

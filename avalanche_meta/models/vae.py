@@ -459,6 +459,7 @@ class ReplayVAE(Generator, nn.Module):
         y: Optional[Tensor] = None,
         context: Optional[Tensor] = None,
         class_probs: Optional[Tensor] = None,
+        gate_classes: Optional[Tensor] = None,
     ) -> VAEOutput:
         """One pass through encoder, classifier and decoder, with per-sample losses.
 
@@ -471,6 +472,9 @@ class ReplayVAE(Generator, nn.Module):
             predictions for replayed samples): ``"class"`` gates are the blend of
             the class masks weighted by them, and the conditional prior's KL term
             is against the mixture of modes weighted by them.
+        :param gate_classes: class ids that select the ``"class"`` gates instead of
+            ``y`` (the prior's mode still follows ``y``); used to reproduce the paper
+            code's Task-IL gating of real data by task-relative labels.
         """
         if y is not None and class_probs is not None:
             raise ValueError("give the class ids `y` or `class_probs`, not both.")
@@ -479,6 +483,8 @@ class ReplayVAE(Generator, nn.Module):
         z = self.reparameterize(mu, logvar)
         if self.gate_by == "class":
             gate_ctx = class_probs if class_probs is not None else y
+            if gate_classes is not None:
+                gate_ctx = gate_classes
         else:
             gate_ctx = context
         raw = self._decode_raw(z, gate_ctx)

@@ -78,6 +78,11 @@ BIR_PARAMS: Dict[str, Param] = {
         "predicted",
         "class identity of replay for gates/prior: predicted (reference) or generated",
     ),
+    "real_gate_labels": (
+        str,
+        "global",
+        "Task-IL gates of real data: global, or task-relative (reference's quirk)",
+    ),
     "distillation": (float, 2.0, "soft-target temperature (0: hard labels)"),
     "internal": (str, "none", "none, omniglot or digits: pre-trained conv front-end"),
     "pretrain_iterations": (int, 1000, "pre-training steps of the front-end"),
@@ -162,6 +167,9 @@ def build_bir(ctx: RunContext, **hp):
     check_positive("si_epsilon", hp["si_epsilon"])
     check_choice("gate_masks", hp["gate_masks"], ("bernoulli", "exact"))
     check_choice("replay_identity", hp["replay_identity"], ("predicted", "generated"))
+    check_choice(
+        "real_gate_labels", hp["real_gate_labels"], ("global", "task-relative")
+    )
     hidden = parse_hidden(hp["hidden"])
     if not hidden:
         raise ValueError("`hidden` must name at least one hidden layer for BI-R.")
@@ -213,6 +221,7 @@ def build_bir(ctx: RunContext, **hp):
         internal=front,
         distillation=hp["distillation"] or None,
         replay_identity=hp["replay_identity"],
+        real_gate_labels=hp["real_gate_labels"],
         iterations=hp["iterations"],
         train_mb_size=hp["batch_size"],
         eval_mb_size=EVAL_MB_SIZE,
