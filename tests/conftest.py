@@ -47,6 +47,11 @@ if not os.environ.get("AVALANCHE_META_DATA"):
         os.environ["AVALANCHE_META_DATA"] = str(SHARED_DATA)
 
 # Reproductions and benches called from tests must never rewrite docs/RESULTS.md.
+# Runs stored by `compare` / `reproduce` in tests go to a temporary run store, never
+# to ./runs/store (a later session would reuse them after the code changed).
+os.environ.setdefault(
+    "AVALANCHE_META_STORE", tempfile.mkdtemp(prefix="avalanche-meta-store-")
+)
 os.environ.setdefault(
     "AVALANCHE_META_RESULTS",
     str(Path(tempfile.mkdtemp(prefix="avalanche-meta-results-")) / "RESULTS.md"),
