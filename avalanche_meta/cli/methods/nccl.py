@@ -292,6 +292,13 @@ METHODS: List[Tuple[str, str, Dict[str, Any]]] = [
     ("NCCL, hidden layers only", "nccl-hidden", {}),
     ("ER, NCCL's replay budget", "nccl-er-budget", {}),
     ("NCCL, output layer only", "nccl-output", {}),
+    # the single scale gets the summed gradient of all output units: at the
+    # default calibration lr it shrinks the logits towards 0 (see RESULTS)
+    (
+        "NCCL, output temperature only, calibration lr 0.001",
+        "nccl-temperature",
+        {"calibration_lr": 0.001},
+    ),
     ("NCCL (second order)", "nccl", {"second_order": True}),
     ("NCCL (first order), 1 inner step", "nccl", FIRST_DEFAULTS),
     ("NCCL, no consolidation", "nccl-noreg", {}),
@@ -527,7 +534,8 @@ def reproduce_nccl(ctx: ReproContext) -> None:
                     / (
                         f"{name}{'-so' if extra.get('second_order') else ''}"
                         f"{'-inner%d' % extra['inner_steps'] if 'inner_steps' in extra else ''}"
-                        f"{'-rb%d' % extra['replay_batch_size'] if 'replay_batch_size' in extra else ''}-"
+                        f"{'-rb%d' % extra['replay_batch_size'] if 'replay_batch_size' in extra else ''}"
+                        f"{'-clr%g' % extra['calibration_lr'] if 'calibration_lr' in extra else ''}-"
                         f"{stream['benchmark']}{te_tag}-{stream['scenario']}-s{seed}"
                         f"{'-quick' if ctx.quick else ''}"
                     )
