@@ -216,6 +216,7 @@ ONLY_KEYS = LIST_KEYS + (
     "section",
     "section_suffix",
     "reuse_only",
+    "test_samples",
     "reuse_runs",
 )
 
