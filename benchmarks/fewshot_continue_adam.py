@@ -60,4 +60,4 @@ m = sum(d) / len(d)
 sd = math.sqrt(sum((e - m) ** 2 for e in d) / (len(d) - 1))
 print(f"continued - fresh: {100*m:.2f} +- {100*1.96*sd/math.sqrt(len(d)):.2f} points")
 out["paired difference"] = {"mean": m, "ci95": 1.96 * sd / math.sqrt(len(d))}
-json.dump(out, open(f"{run_dir}/measure_adam.json", "w"), indent=1)
+json.dump(out, open("measure_adam.json", "w"), indent=1)  # current folder
