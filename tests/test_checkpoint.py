@@ -28,11 +28,7 @@ WORKER = Path(__file__).resolve().parent / "checkpoint_worker.py"
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Cases that do not resume yet, and why (strict: the test fails once they do).
-KNOWN_FAILURES = {
-    "bir-si": "ReferenceSIPlugin keeps id() of its modules' parameters, which change "
-    "when the checkpoint is loaded: after maybe_load_checkpoint it finds none of "
-    "them in the model and raises ValueError (plugins/si_reference.py)",
-}
+KNOWN_FAILURES: dict = {}
 
 
 def _subprocess_env() -> dict:

@@ -64,12 +64,15 @@ class ReferenceSIPlugin(SupervisedPlugin):
         check_positive("epsilon", epsilon)
         self.c = float(c)
         self.epsilon = float(epsilon)
-        self._selected = (
-            None
-            if modules is None
-            else {id(p) for m in modules for p in m.parameters()}
+        # The modules themselves are kept (not the ids of their parameters): a
+        # checkpoint pickles them with the model, so they stay the model's own
+        # modules after loading, whereas parameter ids change.
+        self.modules: Optional[List[nn.Module]] = (
+            None if modules is None else list(modules)
         )
-        if self._selected is not None and not self._selected:
+        if self.modules is not None and not any(
+            True for m in self.modules for _ in m.parameters()
+        ):
             raise ValueError("`modules` have no parameters for SI to protect.")
         #: parameter values at the start of the current task (the anchor)
         self.prev: Dict[str, Tensor] = {}
@@ -81,10 +84,15 @@ class ReferenceSIPlugin(SupervisedPlugin):
 
     def parameters_of(self, model: nn.Module) -> List[Tuple[str, nn.Parameter]]:
         """The ``(name, parameter)`` pairs of ``model`` that SI protects."""
+        selected = (
+            None
+            if self.modules is None
+            else {id(p) for m in self.modules for p in m.parameters()}
+        )
         out = [
             (n, p)
             for n, p in model.named_parameters()
-            if p.requires_grad and (self._selected is None or id(p) in self._selected)
+            if p.requires_grad and (selected is None or id(p) in selected)
         ]
         if not out:
             raise ValueError(
