@@ -46,6 +46,9 @@ import torch  # noqa: E402
 SEED = 3
 
 #: name -> (registered strategy, preset, hyper-parameters, scenario)
+#: hyper-parameters of the tiny VAE every BI-R-family case uses
+TINY_VAE = dict(hidden="16", z_dim=4, batch_size=8, iterations=4)
+
 CASES = {
     "naive": (
         "naive",
@@ -134,37 +137,37 @@ CASES = {
     "bir": (
         "bir",
         None,
-        dict(hidden="16", z_dim=4, batch_size=8, iterations=4),
+        dict(TINY_VAE),
         "class",
     ),
     "rtf": (
         "rtf",
         None,
-        dict(hidden="16", z_dim=4, batch_size=8, iterations=4),
+        dict(TINY_VAE),
         "class",
     ),
     "dgr": (
         "dgr",
         None,
-        dict(hidden="16", z_dim=4, batch_size=8, iterations=4),
+        dict(TINY_VAE),
         "class",
     ),
     "dgr-distill": (
         "dgr-distill",
         None,
-        dict(hidden="16", z_dim=4, batch_size=8, iterations=4),
+        dict(TINY_VAE),
         "class",
     ),
     "bir-si": (
         "bir-si",
         None,
-        dict(hidden="16", z_dim=4, batch_size=8, iterations=4),
+        dict(TINY_VAE),
         "class",
     ),
     "bir-task": (
         "bir",
         None,
-        dict(hidden="16", z_dim=4, batch_size=8, iterations=4),
+        dict(TINY_VAE),
         "task",
     ),
     "maml": (
