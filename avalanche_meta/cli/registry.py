@@ -22,7 +22,10 @@ METHOD_MODULES = (
 )
 
 #: Other modules that register entries (benches of the command line itself).
-OTHER_MODULES = ("avalanche_meta.cli.bench_sweep",)
+OTHER_MODULES = (
+    "avalanche_meta.cli.bench_sweep",
+    "avalanche_meta.experiments.benches.bir",
+)
 
 #: A hyper-parameter exposed as a command-line flag: (type, default, help).
 Param = Tuple[type, Any, str]
