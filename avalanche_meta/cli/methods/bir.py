@@ -31,6 +31,7 @@ scikit-learn's 8x8 digits upsampled) and frozen; the VAE then replays its activa
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 from typing import Any, Dict, List, Optional, Tuple
@@ -57,6 +58,8 @@ from avalanche_meta.utils.validation import (
     check_non_negative,
     check_positive,
 )
+
+_LOG = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------
 # Strategies
@@ -149,6 +152,49 @@ def pretrained_front_end(source: str, shape, iterations: int, device):
     return copy.deepcopy(_FRONT_CACHE[key]).to(device)
 
 
+def _torch_version() -> Tuple[int, int]:
+    """``(major, minor)`` of the installed torch."""
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+#: Devices whose Adam has a fused kernel from torch 2.4 on (CUDA had it before).
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
+
+def bir_adam(params, lr: float, betas: Tuple[float, float], device) -> torch.optim.Adam:
+    """Adam for the BI-R family: the fused kernel when torch has one for ``device``.
+
+    ``fused=True`` (one kernel over all parameters instead of a loop of element-wise
+    operations per tensor) computes the same update with the same ``lr`` and
+    ``betas``; only the rounding of the floating-point operations may differ. It is
+    used when torch is 2.4 or newer, ``device`` is CPU or CUDA and every parameter is
+    a floating-point tensor on it (torch checks that only at the first ``step``, so it
+    is checked here); otherwise the usual Adam is built and the reason is logged at
+    debug level (logger ``avalanche_meta.cli.methods.bir``).
+    """
+    params = list(params)
+    dev = torch.device(device).type
+    bad = [
+        f"{p.dtype} on {p.device.type}"
+        for p in params
+        if p.device.type != dev or not torch.is_floating_point(p)
+    ]
+    if _torch_version() < (2, 4):
+        reason = f"torch {torch.__version__} < 2.4 has no fused Adam on the CPU"
+    elif dev not in FUSED_ADAM_DEVICES:
+        reason = f"device {dev!r} is not one of {FUSED_ADAM_DEVICES}"
+    elif bad:
+        reason = f"fused Adam needs floating-point parameters on {dev}, got {bad[0]}"
+    else:
+        try:
+            return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+        except (RuntimeError, TypeError, ValueError) as err:
+            reason = f"torch refused fused=True: {err}"
+    _LOG.debug("BI-R: non-fused Adam (%s)", reason)
+    return torch.optim.Adam(params, lr=lr, betas=betas)
+
+
 def build_bir(ctx: RunContext, **hp):
     """A :class:`BrainInspiredReplay` from flags (every BI-R name shares it)."""
     from avalanche_meta.models.mlp import MLP
@@ -228,15 +274,13 @@ def build_bir(ctx: RunContext, **hp):
         plugins=plugins,
     )
     if hp["feedback"]:
-        opt = torch.optim.Adam(vae.parameters(), lr=hp["lr"], betas=betas)
+        opt = bir_adam(vae.parameters(), hp["lr"], betas, ctx.device)
         return BrainInspiredReplay(model=vae, optimizer=opt, **kw)
     return BrainInspiredReplay(
         model=clf,
-        optimizer=torch.optim.Adam(clf.parameters(), lr=hp["lr"], betas=betas),
+        optimizer=bir_adam(clf.parameters(), hp["lr"], betas, ctx.device),
         generator=vae,
-        generator_optimizer=torch.optim.Adam(
-            vae.parameters(), lr=hp["lr"], betas=betas
-        ),
+        generator_optimizer=bir_adam(vae.parameters(), hp["lr"], betas, ctx.device),
         **kw,
     )
 
