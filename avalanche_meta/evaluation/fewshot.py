@@ -55,7 +55,7 @@ import copy
 import math
 import random
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -89,6 +89,14 @@ __all__ = [
     "few_shot_accuracy",
     "FewShotAccuracy",
     "fewshot_metrics",
+    "FewShotRule",
+    "FewShotEval",
+    "AdaptedModel",
+    "adapt",
+    "iter_task_predictions",
+    "TaskFreeHead",
+    "is_multihead",
+    "strategy_adam_state",
 ]
 
 
@@ -322,11 +330,77 @@ def _last_linear(model: nn.Module) -> Tuple[nn.Module, str, nn.Linear]:
     return parent, attr, module
 
 
+def _dynamic_head(model: nn.Module) -> Optional[Tuple[nn.Module, str, nn.Module]]:
+    """The parent, attribute name and module of ``model``'s outermost Avalanche
+    ``MultiHeadClassifier`` / ``IncrementalClassifier`` (None if it has none)."""
+    from avalanche.models import IncrementalClassifier, MultiHeadClassifier
+
+    for name, module in model.named_modules():
+        if name and isinstance(module, (MultiHeadClassifier, IncrementalClassifier)):
+            parent = model
+            *path, attr = name.split(".")
+            for part in path:
+                parent = getattr(parent, part)
+            return parent, attr, module
+    return None
+
+
+def is_multihead(model: nn.Module) -> bool:
+    """True for Avalanche multi-head / dynamic-head models (``MultiTaskModule``,
+    ``MultiHeadClassifier``, ``IncrementalClassifier``, e.g. ``MTSimpleMLP``)."""
+    from avalanche.models import MultiTaskModule
+
+    return isinstance(model, MultiTaskModule) or _dynamic_head(model) is not None
+
+
+class TaskFreeHead(nn.Module):
+    """A plain ``ways``-unit linear head that stands in for an Avalanche
+    multi-head (or incremental) classifier in a few-shot copy of the model: it
+    accepts and ignores the task label the multi-task model passes to its
+    classifier, since a few-shot task's identity is its support set."""
+
+    def __init__(self, in_features: int, ways: int, *, device=None, dtype=None):
+        super().__init__()
+        self.classifier = nn.Linear(in_features, ways, device=device, dtype=dtype)
+        nn.init.zeros_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        return self.classifier(x)
+
+
 def _with_ways_head(
     model: nn.Module, ways: int, reset_head: Optional[bool]
 ) -> nn.Module:
-    """A deep copy of ``model`` whose last linear layer has ``ways`` outputs."""
+    """A deep copy of ``model`` whose last linear layer has ``ways`` outputs.
+
+    An Avalanche multi-head (or incremental) classifier is replaced by a
+    :class:`TaskFreeHead` (zero-initialised, ``ways`` units): its heads are per task
+    label, and a few-shot task has none.
+    """
     scratch = copy.deepcopy(model)
+    dynamic = _dynamic_head(scratch)
+    if dynamic is not None:
+        if reset_head is False:
+            raise ValueError(
+                "the model's output layer is an Avalanche multi-head (or "
+                "incremental) classifier, whose heads belong to task labels: a "
+                "few-shot task needs a new `ways`-unit head; use reset_head=None or "
+                "True."
+            )
+        parent, attr, head = dynamic
+        _, _, linear = _last_linear(head)
+        setattr(
+            parent,
+            attr,
+            TaskFreeHead(
+                linear.in_features,
+                ways,
+                device=linear.weight.device,
+                dtype=linear.weight.dtype,
+            ),
+        )
+        return scratch
     parent, attr, head = _last_linear(scratch)
     if reset_head is None:
         reset_head = head.out_features != ways
@@ -516,6 +590,250 @@ class FewShotResult:
         return f"{100 * self.mean:.2f} +- {100 * self.ci95:.2f}% ({len(self.accuracies)} tasks)"
 
 
+@dataclass(frozen=True)
+class FewShotRule:
+    """How a model adapts to a task's support set and predicts its queries.
+
+    The rule of :func:`fine_tune` and :func:`query_logits`, shared by
+    :class:`FewShotAccuracy`, the few-shot strategies' evaluation and their
+    ``adapt`` / ``predict`` calls (so a saved model adapts as the strategy's own
+    evaluation does).
+
+    :param inner_lr: the fine-tuning step size.
+    :param inner_steps: fine-tuning steps on the support set.
+    :param optimizer: ``"sgd"`` (MAML's inner loop) or ``"adam"`` (Reptile's,
+        ``betas=(0, 0.999)``).
+    :param inner_batch_size: support samples per step (None: all).
+    :param transductive: the prediction rule of :func:`query_logits`.
+    :param reset_head: give the copy a new zero-initialised ``ways``-unit head
+        (None: when the last linear layer's width is not ``ways``).
+    """
+
+    inner_lr: float = 0.4
+    inner_steps: int = 10
+    optimizer: str = "sgd"
+    inner_batch_size: Optional[int] = None
+    transductive: bool = True
+    reset_head: Optional[bool] = None
+
+    def __post_init__(self):
+        check_positive("inner_lr", self.inner_lr)
+        check_non_negative("inner_steps", self.inner_steps, integer=True)
+        check_choice("optimizer", self.optimizer, ("sgd", "adam"))
+        if self.inner_batch_size is not None:
+            check_positive("inner_batch_size", self.inner_batch_size, integer=True)
+        for name in ("transductive",):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"`{name}` must be True or False, got {getattr(self, name)!r}."
+                )
+        if self.reset_head not in (None, True, False):
+            raise ValueError(
+                f"`reset_head` must be None, True or False, got {self.reset_head!r}."
+            )
+
+    def to_dict(self) -> dict:
+        """The rule as a JSON-serialisable dict (:meth:`from_dict` reads it)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FewShotRule":
+        """The rule of :meth:`to_dict`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown few-shot rule field(s) {unknown}; known: {sorted(known)}."
+            )
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class FewShotEval:
+    """The few-shot evaluation of an experience: ``num_tasks`` N-way K-shot tasks
+    (``query_shots`` queries per class) sampled with ``seed`` (plus ``1000003`` times
+    the experience id), each adapted and predicted by ``rule``.
+
+    :param continue_adam: start every task's fine-tuning Adam from the strategy's
+        optimizer state (Nichol et al.'s evaluation; ``rule.optimizer="adam"``).
+    """
+
+    ways: int = 5
+    shots: int = 1
+    query_shots: int = 15
+    num_tasks: int = 600
+    rule: FewShotRule = field(default_factory=FewShotRule)
+    seed: int = 0
+    continue_adam: bool = False
+
+    def __post_init__(self):
+        check_positive("ways", self.ways, integer=True)
+        check_positive("shots", self.shots, integer=True)
+        check_positive("query_shots", self.query_shots, integer=True)
+        check_positive("num_tasks", self.num_tasks, integer=True)
+        if not isinstance(self.rule, FewShotRule):
+            raise ValueError(f"`rule` must be a FewShotRule, got {self.rule!r}.")
+        if not isinstance(self.continue_adam, bool):
+            raise ValueError(
+                f"`continue_adam` must be True or False, got {self.continue_adam!r}."
+            )
+        if self.continue_adam and self.rule.optimizer != "adam":
+            raise ValueError("`continue_adam=True` needs optimizer='adam'.")
+
+
+def strategy_adam_state(strategy, continue_adam: bool) -> Optional[dict]:
+    """The strategy's Adam state when ``continue_adam`` (else None)."""
+    if not continue_adam:
+        return None
+    if not isinstance(strategy.optimizer, torch.optim.Adam):
+        raise ValueError(
+            "FewShotAccuracy(continue_adam=True) continues the strategy's "
+            f"Adam, but its optimizer is a {type(strategy.optimizer).__name__}"
+            "; use continue_adam=False."
+        )
+    return strategy.optimizer.state_dict()
+
+
+class AdaptedModel:
+    """A copy of a model adapted on a support set (:func:`adapt`).
+
+    :attr:`module` is the adapted copy (``ways`` outputs, unit ``i`` for
+    ``classes[i]``); :meth:`predict` returns labels in the support set's own label
+    values (any integers).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        classes: Tensor,
+        support_x: Tensor,
+        transductive: bool,
+    ):
+        self.module = module
+        self.classes = classes
+        self.support_x = support_x
+        self.transductive = transductive
+
+    @property
+    def device(self) -> torch.device:
+        return self.support_x.device
+
+    def logits(self, query_x: Tensor) -> Tensor:
+        """Logits of the queries (unit ``i`` scores ``classes[i]``), by the rule's
+        prediction rule (:func:`query_logits`)."""
+        return query_logits(
+            self.module,
+            self.support_x,
+            torch.as_tensor(query_x).to(self.device),
+            transductive=self.transductive,
+        )
+
+    def predict(self, query_x: Tensor) -> Tensor:
+        """The predicted label of every query, in the support set's label values."""
+        return self.classes[self.logits(query_x).argmax(dim=1)]
+
+
+def adapt(
+    model: nn.Module,
+    support_x: Tensor,
+    support_y: Tensor,
+    *,
+    rule: FewShotRule = FewShotRule(),
+    device: Optional[torch.device] = None,
+    generator: Optional[torch.Generator] = None,
+    adam_state: Optional[dict] = None,
+) -> AdaptedModel:
+    """Adapt a copy of ``model`` on a user's support set (N-way K-shot, any labels).
+
+    The labels of ``support_y`` (any integers, e.g. ``[7, 7, 42, 42, 3, 3]``) are
+    mapped to output units in sorted order; ``model`` is never modified.
+
+    :param support_x: the support inputs (the model's input shape).
+    :param support_y: their labels, at least 2 distinct values.
+    :param rule: the adaptation and prediction rule.
+    :param device: where to adapt (None: the model's device).
+    """
+    support_x = torch.as_tensor(support_x)
+    support_y = torch.as_tensor(support_y).reshape(-1)
+    if support_x.shape[0] != support_y.shape[0] or support_y.numel() == 0:
+        raise ValueError(
+            f"`support_x` has {support_x.shape[0]} samples and `support_y` "
+            f"{support_y.numel()} labels: give one label per support sample."
+        )
+    if support_y.dtype.is_floating_point or support_y.dtype == torch.bool:
+        raise ValueError(
+            f"`support_y` must hold integer labels, got dtype {support_y.dtype}."
+        )
+    classes, remapped = torch.unique(support_y, sorted=True, return_inverse=True)
+    if classes.numel() < 2:
+        raise ValueError(
+            "`support_y` has a single label: a few-shot task needs at least 2 classes."
+        )
+    device = device or next(model.parameters()).device
+    scratch = _with_ways_head(model, int(classes.numel()), rule.reset_head).to(device)
+    support_x = support_x.to(device)
+    fine_tune(
+        scratch,
+        support_x,
+        remapped.to(device),
+        inner_lr=rule.inner_lr,
+        inner_steps=rule.inner_steps,
+        optimizer=rule.optimizer,
+        batch_size=rule.inner_batch_size,
+        generator=generator,
+        adam_state=adam_state,
+    )
+    return AdaptedModel(scratch, classes.to(device), support_x, rule.transductive)
+
+
+def iter_task_predictions(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    evaluation: FewShotEval,
+    *,
+    exp_id: int = 0,
+    device: Optional[torch.device] = None,
+    adam_state: Optional[dict] = None,
+) -> Iterator[Tuple[FewShotTask, Tensor]]:
+    """``(task, query logits)`` of ``evaluation.num_tasks`` tasks drawn from
+    ``(x, y)`` with the seed ``evaluation.seed + 1000003 * exp_id``, each predicted
+    by a fresh copy of ``model`` adapted with ``evaluation.rule`` (``model`` is
+    never modified). No host synchronisation happens per task."""
+    device = device or next(model.parameters()).device
+    seed = evaluation.seed + 1000003 * exp_id
+    sampler = FewShotTaskSampler(
+        x,
+        y,
+        ways=evaluation.ways,
+        shots=evaluation.shots,
+        query_shots=evaluation.query_shots,
+        seed=seed,
+    )
+    rule = evaluation.rule
+    generator = torch.Generator().manual_seed(seed)
+    scratch = _with_ways_head(model, evaluation.ways, rule.reset_head).to(device)
+    start = {k: v.detach().clone() for k, v in scratch.state_dict().items()}
+    for _ in range(evaluation.num_tasks):
+        task = sampler.sample().to(device)
+        scratch.load_state_dict(start)
+        fine_tune(
+            scratch,
+            task.support_x,
+            task.support_y,
+            inner_lr=rule.inner_lr,
+            inner_steps=rule.inner_steps,
+            optimizer=rule.optimizer,
+            batch_size=rule.inner_batch_size,
+            generator=generator,
+            adam_state=adam_state,
+        )
+        logits = query_logits(
+            scratch, task.support_x, task.query_x, transductive=rule.transductive
+        )
+        yield task, logits
+
+
 def few_shot_accuracy(
     model: nn.Module,
     x: Tensor,
@@ -551,42 +869,33 @@ def few_shot_accuracy(
     :param adam_state: with ``optimizer="adam"``, the Adam state every task's
         fine-tuning starts from (see :func:`fine_tune`); None: a fresh Adam.
     """
-    check_positive("num_tasks", num_tasks, integer=True)
-    check_positive("inner_lr", inner_lr)
-    check_non_negative("inner_steps", inner_steps, integer=True)
-    check_choice("optimizer", optimizer, ("sgd", "adam"))
-    if inner_batch_size is not None:
-        check_positive("inner_batch_size", inner_batch_size, integer=True)
-    if not isinstance(transductive, bool):
-        raise ValueError(f"`transductive` must be True or False, got {transductive!r}.")
-    device = device or next(model.parameters()).device
-    sampler = FewShotTaskSampler(
-        x, y, ways=ways, shots=shots, query_shots=query_shots, seed=seed
+    rule = FewShotRule(
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        optimizer=optimizer,
+        inner_batch_size=inner_batch_size,
+        transductive=transductive,
+        reset_head=reset_head,
     )
-    generator = None if seed is None else torch.Generator().manual_seed(seed)
-    scratch = _with_ways_head(model, ways, reset_head).to(device)
-    start = {k: v.detach().clone() for k, v in scratch.state_dict().items()}
-    result = FewShotResult()
-    for _ in range(num_tasks):
-        task = sampler.sample().to(device)
-        scratch.load_state_dict(start)
-        fine_tune(
-            scratch,
-            task.support_x,
-            task.support_y,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            optimizer=optimizer,
-            batch_size=inner_batch_size,
-            generator=generator,
-            adam_state=adam_state,
+    check_positive("num_tasks", num_tasks, integer=True)
+    if seed is None:
+        seed = random.randrange(2**31 - 1)
+    evaluation = FewShotEval(
+        ways=ways,
+        shots=shots,
+        query_shots=query_shots,
+        num_tasks=num_tasks,
+        rule=rule,
+        seed=seed,
+    )
+    hits = [
+        (logits.argmax(dim=1) == task.query_y).float().mean()
+        for task, logits in iter_task_predictions(
+            model, x, y, evaluation, device=device, adam_state=adam_state
         )
-        logits = query_logits(
-            scratch, task.support_x, task.query_x, transductive=transductive
-        )
-        pred = logits.argmax(dim=1)
-        result.accuracies.append((pred == task.query_y).float().mean().item())
-    return result
+    ]
+    # one host synchronisation for all the tasks
+    return FewShotResult(torch.stack(hits).tolist())
 
 
 class FewShotAccuracy(PluginMetric[float]):
@@ -740,27 +1049,40 @@ class FewShotAccuracy(PluginMetric[float]):
     def before_eval(self, strategy) -> None:
         self.reset()
 
+    def settings(self) -> FewShotEval:
+        """The evaluation this metric runs (from :attr:`kwargs`, seed and
+        ``continue_adam``)."""
+        kw = dict(self.kwargs)
+        rule = FewShotRule(
+            **{k: kw.pop(k) for k in [f.name for f in fields(FewShotRule)] if k in kw}
+        )
+        return FewShotEval(
+            rule=rule, seed=self.seed, continue_adam=self.continue_adam, **kw
+        )
+
     def after_eval_exp(self, strategy) -> List[MetricValue]:
         exp_id = strategy.experience.current_experience
-        x, y = dataset_tensors(strategy.adapted_dataset)
-        adam_state = None
-        if self.continue_adam:
-            if not isinstance(strategy.optimizer, torch.optim.Adam):
-                raise ValueError(
-                    "FewShotAccuracy(continue_adam=True) continues the strategy's "
-                    f"Adam, but its optimizer is a {type(strategy.optimizer).__name__}"
-                    "; use continue_adam=False."
+        driven = getattr(strategy, "fewshot_eval_outcome", None)
+        if driven is not None and driven[0] is self and driven[1] == exp_id:
+            # the strategy's evaluation ran this metric's tasks as its iterations
+            res = driven[2]
+        else:
+            settings = self.settings()
+            adam_state = strategy_adam_state(strategy, settings.continue_adam)
+            x, y = dataset_tensors(strategy.adapted_dataset)
+            hits = [
+                (logits.argmax(dim=1) == task.query_y).float().mean()
+                for task, logits in iter_task_predictions(
+                    strategy.model,
+                    x,
+                    y,
+                    settings,
+                    exp_id=exp_id,
+                    device=strategy.device,
+                    adam_state=adam_state,
                 )
-            adam_state = strategy.optimizer.state_dict()
-        res = few_shot_accuracy(
-            strategy.model,
-            x,
-            y,
-            seed=self.seed + 1000003 * exp_id,
-            device=strategy.device,
-            adam_state=adam_state,
-            **self.kwargs,
-        )
+            ]
+            res = FewShotResult(torch.stack(hits).tolist())
         self.results[exp_id] = res
         if self._trained is None:
             self.initial[exp_id] = res

@@ -35,11 +35,10 @@ from torch.nn import CrossEntropyLoss
 
 from avalanche.training.plugins.evaluation import default_evaluator
 
-from avalanche_meta.evaluation.fewshot import FewShotTask
+from avalanche_meta.evaluation.fewshot import FewShotEval, FewShotRule, FewShotTask
 from avalanche_meta.strategies._fewshot import EpisodicTemplate, task_logits
 from avalanche_meta.utils.quiet_import import import_learn2learn
 from avalanche_meta.utils.validation import (
-    check_finite_loss,
     check_non_negative,
     check_positive,
 )
@@ -57,8 +56,26 @@ class MAML(EpisodicTemplate):
     1-shot the paper uses ``inner_lr=0.1``, ``inner_steps=5``, ``meta_batch_size=16``.
 
     The model must output ``ways`` logits (labels are remapped per task), e.g.
-    ``learn2learn.vision.models.OmniglotCNN(output_size=ways)``. Evaluate it with
-    :class:`~avalanche_meta.evaluation.fewshot.FewShotAccuracy` in the evaluator.
+    ``learn2learn.vision.models.OmniglotCNN(output_size=ways)``; Avalanche
+    multi-head models are refused. Evaluating an experience runs few-shot tasks as
+    Avalanche evaluation iterations, so ``accuracy_metrics``, ``loss_metrics``,
+    ``forgetting_metrics`` and ``bwt_metrics`` report few-shot query accuracy and
+    loss; :class:`~avalanche_meta.evaluation.fewshot.FewShotAccuracy` in the
+    evaluator adds the 95% confidence intervals and sets the tasks and rule
+    (:mod:`avalanche_meta.strategies._fewshot`). ``strategy.adapt(support_x,
+    support_y)`` / ``strategy.predict(support_x, support_y, query_x)`` adapt the
+    model to a user's task (any labels) by the same rule, and
+    :func:`avalanche_meta.fewshot.save` / :func:`~avalanche_meta.fewshot.load` keep
+    a meta-trained model for that use.
+
+    Keyword arguments only; ``train_mb_size``, ``train_epochs`` and
+    ``eval_mb_size`` are refused (see ``meta_batch_size``, ``meta_iterations``,
+    ``fewshot_eval``). Plugins adding a term to ``strategy.loss`` in
+    ``before_backward`` without needing the experience's labels (e.g.
+    ``SynapticIntelligencePlugin``) add it to the meta-loss; ``EWCPlugin``,
+    ``LwFPlugin``, replay plugins, ``GEMPlugin``, ``AGEMPlugin`` are refused with the
+    reason. On a GPU the loop synchronises with the host once per meta-update (the
+    NaN check of all its losses), never per task.
 
     :param model: the model whose initial parameters ``theta`` are meta-learned.
     :param optimizer: the outer optimizer over ``model``'s parameters; None builds
@@ -78,6 +95,10 @@ class MAML(EpisodicTemplate):
         classes (standard Omniglot protocol).
     :param task_rotation_prob: probability of rotating a whole task by 90 or 270
         degrees (task augmentation).
+    :param fewshot_eval: the evaluation when the evaluator has no
+        ``FewShotAccuracy``; None: ``ways``-way ``shots``-shot tasks, 15 queries per
+        class, 600 tasks, 10 SGD steps of ``inner_lr`` (the paper's test-time
+        adaptation), transductive batch norm.
 
     Example::
 
@@ -107,6 +128,7 @@ class MAML(EpisodicTemplate):
         first_order: bool = False,
         class_rotations: bool = False,
         task_rotation_prob: float = 0.0,
+        fewshot_eval: Optional[FewShotEval] = None,
         device="cpu",
         plugins: Optional[Sequence] = None,
         evaluator=default_evaluator,
@@ -135,6 +157,7 @@ class MAML(EpisodicTemplate):
             meta_iterations=meta_iterations,
             class_rotations=class_rotations,
             task_rotation_prob=task_rotation_prob,
+            fewshot_eval=fewshot_eval,
             device=device,
             plugins=plugins,
             evaluator=evaluator,
@@ -149,6 +172,14 @@ class MAML(EpisodicTemplate):
         self.inner_steps = inner_steps
         self.first_order = bool(first_order)
         self.learner = None
+        if self.fewshot_eval is None:
+            self.fewshot_eval = FewShotEval(
+                ways=ways,
+                shots=shots,
+                query_shots=15,
+                num_tasks=600,
+                rule=FewShotRule(inner_lr=inner_lr, inner_steps=10, optimizer="sgd"),
+            )
 
     def _before_training_exp(self, **kwargs):
         super()._before_training_exp(**kwargs)
@@ -158,15 +189,24 @@ class MAML(EpisodicTemplate):
             self.model, lr=self.inner_lr, first_order=self.first_order
         )
 
-    def adapt(self, task: FewShotTask):
+    def inner_loop(self, task: FewShotTask):
         """``theta'``: a functional clone of the model after ``inner_steps`` SGD steps
-        on the task's support loss (graph kept unless first order)."""
+        on the task's support loss (graph kept unless first order). Used in
+        training (a learn2learn clone, inside ``train()``); to adapt the model to
+        a user's task use :meth:`adapt`."""
+        if self.learner is None:
+            l2l = import_learn2learn()
+            self.learner = l2l.algorithms.MAML(
+                self.model, lr=self.inner_lr, first_order=self.first_order
+            )
         fast = self.learner.clone()
         for step in range(self.inner_steps):
             logits = task_logits(fast.module, task.support_x)
             self.check_head(logits)
             support_loss = self._criterion(logits, task.support_y)
-            check_finite_loss(support_loss, f"{type(self).__name__} inner step {step}")
+            self.defer_finite_check(
+                support_loss, f"{type(self).__name__} inner step {step}"
+            )
             fast.adapt(support_loss)
         return fast
 
@@ -184,20 +224,25 @@ class MAML(EpisodicTemplate):
         logits = []
         meta_loss = torch.zeros((), device=self.device)
         for i, task in enumerate(tasks):
-            fast = self.adapt(task)
+            fast = self.inner_loop(task)
             query_logits = task_logits(fast.module, task.query_x)
             self.check_head(query_logits)
             query_loss = self._criterion(query_logits, task.query_y) / len(tasks)
-            check_finite_loss(query_loss, f"{type(self).__name__} query loss, task {i}")
+            self.defer_finite_check(
+                query_loss, f"{type(self).__name__} query loss, task {i}"
+            )
             query_loss.backward()
             meta_loss += query_loss.detach()
             logits.append(query_logits.detach())
+        # one host synchronisation per meta-update (none per task)
+        self.check_pending_losses()
         self.set_query_batch(tasks, logits)
         self._after_forward(**kwargs)
         self.loss = self.loss + meta_loss
         self._before_backward(**kwargs)
         if self.loss.requires_grad:  # terms added by plugins
-            check_finite_loss(self.loss, f"{type(self).__name__} meta-loss")
+            self.defer_finite_check(self.loss, f"{type(self).__name__} meta-loss")
+            self.check_pending_losses()
             self.loss.backward()
         self._after_backward(**kwargs)
         self._before_update(**kwargs)
@@ -212,9 +257,11 @@ class FOMAML(MAML):
     parameters ``theta'_i`` (the inner gradients are treated as constants).
     """
 
+    REFUSED_ARGUMENTS = {
+        **MAML.REFUSED_ARGUMENTS,
+        "first_order": "FOMAML is always first order; use MAML(first_order=...) "
+        "to choose.",
+    }
+
     def __init__(self, **kwargs):
-        if "first_order" in kwargs:
-            raise ValueError(
-                "FOMAML is always first order; use MAML(first_order=...) to choose."
-            )
         super().__init__(first_order=True, **kwargs)

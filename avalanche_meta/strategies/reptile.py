@@ -45,11 +45,10 @@ from torch.nn import CrossEntropyLoss
 
 from avalanche.training.plugins.evaluation import default_evaluator
 
-from avalanche_meta.evaluation.fewshot import FewShotTask
+from avalanche_meta.evaluation.fewshot import FewShotEval, FewShotRule, FewShotTask
 from avalanche_meta.strategies._fewshot import EpisodicTemplate, task_logits
 from avalanche_meta.utils.flat import FlatParameters
 from avalanche_meta.utils.validation import (
-    check_finite_loss,
     check_in_interval,
     check_positive,
 )
@@ -97,6 +96,18 @@ class Reptile(EpisodicTemplate):
         classes.
     :param task_rotation_prob: probability of rotating a whole task by 90 or 270
         degrees.
+    :param fewshot_eval: the evaluation when the evaluator has no
+        ``FewShotAccuracy``; None: ``ways``-way 1-shot tasks, 15 queries per class,
+        600 tasks, 50 fresh-Adam steps (``betas=(0, 0.999)``) of the inner learning
+        rate on the whole support set, transductive batch norm.
+
+    Evaluation, ``adapt`` / ``predict``, keyword-only construction, refused
+    arguments and plugins, and multi-head models: as for
+    :class:`~avalanche_meta.strategies.maml.MAML` (``train_mb_size`` -> see
+    ``inner_batch_size``). Plugins adding to ``strategy.loss`` in
+    ``before_backward`` (e.g. ``SynapticIntelligencePlugin``) act on every inner
+    step (Reptile has no meta-loss). On a GPU the loop synchronises with the host
+    once per meta step (the NaN check of its inner losses).
 
     Example::
 
@@ -124,6 +135,7 @@ class Reptile(EpisodicTemplate):
         meta_iterations: int = 100000,
         class_rotations: bool = False,
         task_rotation_prob: float = 0.0,
+        fewshot_eval: Optional[FewShotEval] = None,
         device="cpu",
         plugins: Optional[Sequence] = None,
         evaluator=default_evaluator,
@@ -156,6 +168,7 @@ class Reptile(EpisodicTemplate):
             meta_iterations=meta_iterations,
             class_rotations=class_rotations,
             task_rotation_prob=task_rotation_prob,
+            fewshot_eval=fewshot_eval,
             device=device,
             plugins=plugins,
             evaluator=evaluator,
@@ -167,6 +180,18 @@ class Reptile(EpisodicTemplate):
         self.meta_step_size = meta_step_size
         self.meta_step_size_final = meta_step_size_final
         self.flat: Optional[FlatParameters] = None
+        if self.fewshot_eval is None:
+            self.fewshot_eval = FewShotEval(
+                ways=ways,
+                shots=1,
+                query_shots=15,
+                num_tasks=600,
+                rule=FewShotRule(
+                    inner_lr=float(self.optimizer.param_groups[0]["lr"]),
+                    inner_steps=50,
+                    optimizer="adam",
+                ),
+            )
 
     def _before_training_exp(self, **kwargs):
         super()._before_training_exp(**kwargs)
@@ -180,31 +205,33 @@ class Reptile(EpisodicTemplate):
         frac = self.meta_iteration / self.meta_iterations
         return (1 - frac) * self.meta_step_size + frac * self.meta_step_size_final
 
-    def _mini_batches(self, n: int):
+    def _mini_batches(self, n: int, device=None) -> Tensor:
         """Indices of ``inner_steps`` mini-batches of ``inner_batch_size`` samples out
-        of ``n``: consecutive slices of a shuffled order, reshuffled when fewer than a
-        batch remain."""
+        of ``n`` (one row each): consecutive slices of a shuffled order, reshuffled
+        when fewer than a batch remain. Drawn on the CPU (torch's generator) and
+        moved to ``device`` in one copy per task."""
         size = min(self.inner_batch_size, n)
         order, pos = torch.randperm(n), 0
+        rows = []
         for _ in range(self.inner_steps):
             if pos + size > n:
                 order, pos = torch.randperm(n), 0
-            yield order[pos : pos + size]
+            rows.append(order[pos : pos + size])
             pos += size
+        return torch.stack(rows).to(device)
 
     def train_on_task(self, task: FewShotTask, **kwargs) -> None:
         """``inner_steps`` inner-optimizer steps on the task (the model then holds
         ``phi~``)."""
         x, y = task.support_x, task.support_y
-        for step, idx in enumerate(self._mini_batches(len(y))):
-            idx = idx.to(x.device)
+        for step, idx in enumerate(self._mini_batches(len(y), x.device)):
             self.optimizer.zero_grad()
             logits = task_logits(self.model, x[idx])
             self.check_head(logits)
             self.loss = self._criterion(logits, y[idx])
             # plugins adding to ``strategy.loss`` (EWC, SI, ...) act on inner steps
             self._before_backward(**kwargs)
-            check_finite_loss(self.loss, f"Reptile inner step {step}")
+            self.defer_finite_check(self.loss, f"Reptile inner step {step}")
             self.loss.backward()
             self._after_backward(**kwargs)
             self.optimizer.step()
@@ -219,6 +246,8 @@ class Reptile(EpisodicTemplate):
             flat.copy_(phi)
             self.train_on_task(task, **kwargs)
             phi_tilde_sum += flat
+        # one host synchronisation per meta step (none per task or inner step)
+        self.check_pending_losses()
         self._after_forward(**kwargs)
         self._before_update(**kwargs)
         flat.copy_(interpolate(phi, phi_tilde_sum / len(tasks), self.epsilon))
