@@ -25,14 +25,19 @@ Example::
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from avalanche.core import SupervisedPlugin
-from avalanche.models import IncrementalClassifier, MultiHeadClassifier
+from avalanche.models import (
+    IncrementalClassifier,
+    MultiHeadClassifier,
+    MultiTaskModule,
+)
 from torch import Tensor, nn
 
 from avalanche_meta.models.gates import ContextGates
+from avalanche_meta.utils.scenario import experience_identity
 from avalanche_meta.utils.validation import check_in_interval, check_positive
 
 
@@ -56,6 +61,30 @@ def hidden_linear_layers(model: nn.Module) -> List[str]:
 
 class XdG(SupervisedPlugin):
     """Gates the hidden units of ``model`` with a fixed random mask per task (Task-IL).
+
+    Where the task labels come from. Each gated layer's forward hook multiplies its
+    output by the mask of each sample's task, so the plugin must know the task
+    labels of every forward pass:
+
+    - Avalanche's strategies (``Naive``, ...): ``before_forward`` /
+      ``before_eval_forward`` set them to the mini-batch's (:meth:`set_tasks`);
+    - this package's ER, MER and NeuronCalibration, which call the model on replay
+      and memory batches outside those callbacks, give the task labels of every
+      forward pass themselves (they call :meth:`set_tasks`); MER then runs its
+      autograd inner loop (its compiled MLP loops do not see forward hooks);
+    - passes made by other plugins after training on an experience (e.g.
+      ``EWCPlugin``'s importance pass in ``after_training_exp``, over the
+      experience's own data) use the experience's task label: XdG requires one task
+      label per experience, so every sample of such a pass has it;
+    - a forward pass on a batch of another size than the labels given (e.g. a
+      plugin replaying buffer samples before the strategy's forward) is an error
+      that says so; an Avalanche multi-head model (``MultiTaskModule``) that splits
+      a mixed-task batch per task is matched sub-batch by sub-batch.
+
+    The hooks follow the layers by name: when a strategy replaces the gated layers
+    (``NeuronCalibration`` calibrates the model it is given, which swaps every
+    ``nn.Linear`` for a ``CalibratedLinear``), the hooks move to the new layers at
+    the next ``before_training`` / ``before_eval`` (:meth:`attach`).
 
     :param model: the network (an MLP, single- or multi-head).
     :param n_tasks: number of tasks (one mask per task is drawn now).
@@ -107,32 +136,116 @@ class XdG(SupervisedPlugin):
             gate_prop=self.gating_prop,
             masks="exact",
         ).to(device)
+        self.model = model
         self._tasks: Optional[Tensor] = None
+        self._experience_task: Optional[int] = None
+        self._use_experience_task = False
+        self._queues: Dict[int, List[Tuple[int, int]]] = {}
         self._trained_tasks: set = set()
-        self._handles = [
-            modules[name].register_forward_hook(self._hook(i))
-            for i, name in enumerate(names)
-        ]
+        self._owners: Dict[int, Tuple] = {}
+        self._train_calls = 0
+        self._handles: List = []
+        self._hooked: List[nn.Module] = []
+        self.attach(model)
 
-    # -- the gate -------------------------------------------------------------------------
+    # -- hooks ----------------------------------------------------------------------------
+    def attach(self, model: Optional[nn.Module] = None) -> None:
+        """(Re-)register the hooks on the layers called :attr:`layers` in ``model``.
+
+        Nothing changes when the hooks are on those layers already. Called at
+        ``before_training`` and ``before_eval`` with the strategy's model, so that a
+        strategy that replaced the layers (e.g. calibrated them) keeps its gates.
+
+        :raises ValueError: ``model`` is not the model XdG was built for, or lost a
+            gated layer.
+        """
+        model = self.model if model is None else model
+        if model is not self.model:
+            raise ValueError(
+                "XdG was built for another model than the strategy's: build it with "
+                "the strategy's model (XdG(strategy_model, ...))."
+            )
+        modules = dict(model.named_modules())
+        current = [modules.get(name) for name in self.layers]
+        for name, m in zip(self.layers, current):
+            if not isinstance(m, nn.Linear):
+                raise ValueError(
+                    f"XdG gates the layer {name!r}, which the model no longer has as "
+                    "an nn.Linear: build XdG after any change of the model's layers."
+                )
+        if len(self._hooked) == len(current) and all(
+            a is b for a, b in zip(self._hooked, current)
+        ):
+            return
+        self.remove()
+        self._hooked = current
+        self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(current)]
+        if isinstance(model, MultiTaskModule):
+            self._handles.append(
+                model.register_forward_pre_hook(self._root_hook(), with_kwargs=True)
+            )
+
+    def _root_hook(self):
+        # A closure, not a bound method: deep copies of the model (LwF's previous
+        # model) then share this plugin instead of copying it.
+        def hook(module, args, kwargs):
+            t = kwargs.get("task_labels", args[1] if len(args) > 1 else None)
+            self._queues = {}
+            if isinstance(t, Tensor) and t.dim() > 0 and t.numel() > 1:
+                uniq, counts = torch.unique(t.long(), return_counts=True)
+                if uniq.numel() > 1:  # MultiTaskModule: one sub-batch per task, sorted
+                    order = list(zip(uniq.tolist(), counts.tolist()))
+                    self._queues = {i: list(order) for i in range(len(self.layers))}
+
+        return hook
+
     def _hook(self, i: int):
         def hook(module, inputs, output):
-            t = self._tasks
-            if t is None or t.numel() != output.shape[0]:
+            n = output.shape[0]
+            queue = self._queues.get(i)
+            if queue:
+                task, count = queue.pop(0)
+                if count != n:
+                    raise ValueError(
+                        "XdG: a multi-head model split its batch in an unexpected way."
+                    )
+                t = torch.full((n,), task, dtype=torch.long, device=output.device)
+            elif self._tasks is not None and self._tasks.numel() == n:
+                t = self._tasks
+            elif self._use_experience_task and self._experience_task is not None:
+                t = torch.full(
+                    (n,), self._experience_task, dtype=torch.long, device=output.device
+                )
+            elif self._tasks is None:
                 raise ValueError(
                     "XdG needs the task label of every sample of the batch: run the "
                     "model through the strategy, or call `set_tasks(task_labels)` "
                     "before calling it directly."
                 )
-            mask = self.gates.mask(i).to(output.device)[t.to(output.device).long()]
+            else:
+                raise ValueError(
+                    f"XdG: the model was called on a batch of {n} samples but the task "
+                    f"labels given are for {self._tasks.numel()}: some code (another "
+                    "plugin, e.g. one that replays buffer samples outside the "
+                    "strategy's forward) runs the model without telling XdG the task "
+                    "labels; XdG cannot gate it. Call `set_tasks(task_labels)` before "
+                    "such a forward pass, or leave that plugin out."
+                )
+            mask = self.gates.mask(i).to(output.device)[t.to(output.device)]
             return output * mask
 
         return hook
 
-    def set_tasks(self, task_labels: Tensor) -> None:
-        """Set the task labels that select the masks of the next forward pass."""
+    def set_tasks(self, task_labels: Tensor, *, check: bool = True) -> None:
+        """Set the task labels that select the masks of the next forward passes.
+
+        :param task_labels: one task label per sample.
+        :param check: check that every label has a mask (one host sync; callers
+            that checked the labels already pass ``False``).
+        """
         self._tasks = torch.as_tensor(task_labels).long().flatten()
-        if self._tasks.numel() and int(self._tasks.max()) >= self.gates.n_contexts:
+        self._use_experience_task = False
+        if check and self._tasks.numel() and int(self._tasks.max()) >= self.gates.n_contexts:
             raise ValueError(
                 f"task label {int(self._tasks.max())} but XdG was built for "
                 f"n_tasks={self.gates.n_contexts}: give n_tasks >= "
@@ -144,8 +257,16 @@ class XdG(SupervisedPlugin):
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._hooked = []
 
     # -- Avalanche callbacks ------------------------------------------------------------
+    def before_training(self, strategy, **kwargs):
+        self._train_calls += 1
+        self.attach(strategy.model)
+
+    def before_eval(self, strategy, **kwargs):
+        self.attach(strategy.model)
+
     def before_training_exp(self, strategy, **kwargs):
         labels = list(getattr(strategy.experience, "task_labels", []) or [])
         if len(labels) != 1:
@@ -154,13 +275,31 @@ class XdG(SupervisedPlugin):
                 f"experience has {labels!r}."
             )
         t = int(labels[0])
-        if t in self._trained_tasks:
+        if t >= self.gates.n_contexts:
+            raise ValueError(
+                f"task label {t} but XdG was built for n_tasks="
+                f"{self.gates.n_contexts}: give n_tasks >= {t + 1}."
+            )
+        key, _ = experience_identity(strategy.experience, self._train_calls)
+        owner = self._owners.get(t)
+        if t in self._trained_tasks and owner != key:
             raise ValueError(
                 f"XdG: task label {t} was already trained in an earlier experience, "
                 "so the benchmark is not Task-IL (Class-IL and Domain-IL benchmarks "
                 "give every experience task 0). XdG needs one task label per task."
             )
         self._trained_tasks.add(t)
+        self._owners.setdefault(t, key)
+        self._experience_task = t
+
+    def before_training_epoch(self, strategy, **kwargs):
+        self._use_experience_task = False
+
+    def after_training_epoch(self, strategy, **kwargs):
+        # Until the next epoch or evaluation, passes without labels (e.g. EWC's
+        # importance pass over this experience's data) use the experience's task.
+        self._tasks = None
+        self._use_experience_task = True
 
     def before_forward(self, strategy, **kwargs):
         self.set_tasks(strategy.mb_task_id)
@@ -168,18 +307,30 @@ class XdG(SupervisedPlugin):
     def before_eval_forward(self, strategy, **kwargs):
         self.set_tasks(strategy.mb_task_id)
 
+    def before_eval_exp(self, strategy, **kwargs):
+        self._tasks = None
+        self._use_experience_task = False
+
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> Dict:
         """The masks and the tasks trained so far."""
         return {
             "gates": self.gates.state_dict(),
             "trained_tasks": sorted(self._trained_tasks),
+            "owners": dict(self._owners),
+            "train_calls": self._train_calls,
         }
 
     def load_state_dict(self, state: Dict) -> None:
         """Restore what :meth:`state_dict` saved."""
         self.gates.load_state_dict(state["gates"])
         self._trained_tasks = set(state["trained_tasks"])
+        self._owners = dict(state.get("owners", {}))
+        self._train_calls = int(state.get("train_calls", 0))
 
 
-__all__ = ["XdG", "hidden_linear_layers"]
+#: The name Avalanche users look for (``XdG`` is the same class).
+XdGPlugin = XdG
+
+
+__all__ = ["XdG", "XdGPlugin", "hidden_linear_layers"]

@@ -44,7 +44,9 @@ def mlp_linear_layers(model: nn.Module) -> Optional[List[nn.Linear]]:
     """The Linear layers of a plain ``[Flatten] Linear (ReLU Linear)*`` network, else None.
 
     Recognises :class:`~avalanche_meta.models.mlp.MLP` and ``nn.Sequential`` stacks
-    whose trainable parameters are exactly the layers' float32 weights and biases.
+    whose trainable parameters are exactly the layers' float32 weights and biases,
+    and that no forward hook changes (a model with forward or forward-pre hooks,
+    e.g. XdG's gates, is not recognised: the compiled loops would bypass them).
     """
     if isinstance(model, MLP):
         modules = list(model.features) + [model.classifier]
@@ -66,6 +68,13 @@ def mlp_linear_layers(model: nn.Module) -> Optional[List[nn.Linear]]:
             layers.append(m)
         elif type(m) is not nn.ReLU:
             return None
+    glob = nn.modules.module
+    if (
+        any(m._forward_hooks or m._forward_pre_hooks for m in [model, *modules])
+        or getattr(glob, "_global_forward_hooks", None)
+        or getattr(glob, "_global_forward_pre_hooks", None)
+    ):
+        return None  # hooks (e.g. XdG's gates) change the forward: autograd path
     params = [p for lin in layers for p in (lin.weight, lin.bias)]
     trainable = [p for p in model.parameters() if p.requires_grad]
     if len(trainable) != len(params) or any(
@@ -84,7 +93,7 @@ def mlp_sgd_steps(
     weights: List[Tensor],
     biases: List[Tensor],
     X: Tensor,
-    y: List[int],
+    Y: Tensor,
     inactive: Optional[Tensor],
     scales: List[float],
     lr: float,
@@ -96,10 +105,11 @@ def mlp_sgd_steps(
     ``scale * CE(z, y)`` whose gradient ``scale * (softmax(z) - onehot(y))`` is
     back-propagated with the pre-update weights (ReLU derivative from the layer's
     output, as autograd), then ``W -= lr * g h^T`` and ``b -= lr * g`` per layer.
-    The losses themselves are not computed (it saves time in TorchScript): a
-    non-finite loss means non-finite logits, hence non-finite parameters, which the
-    caller checks after the batch. Labels must be in ``[0, C)`` (the caller checks:
-    :func:`check_labels`).
+    ``Y`` holds the one-hot labels (``(m, C)``, the weights' dtype and device), so
+    nothing here reads a tensor back to the host: on a GPU the loop is one stream
+    of kernels. The losses themselves are not computed: a non-finite loss means
+    non-finite logits, hence non-finite parameters, which the caller checks (once
+    per incoming example). Labels must be in ``[0, C)`` (the caller checks).
     """
     n_layers = len(weights)
     for j in range(X.shape[0]):
@@ -111,8 +121,7 @@ def mlp_sgd_steps(
         z = torch.addmv(biases[n_layers - 1], weights[n_layers - 1], h)
         if inactive is not None:
             z = z.masked_fill(inactive[j], mask_value)
-        g = z.softmax(0)
-        g[y[j]] -= 1.0
+        g = z.softmax(0) - Y[j]
         if scales[j] != 1.0:
             g *= scales[j]
         for layer in range(n_layers - 1, 0, -1):

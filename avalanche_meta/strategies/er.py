@@ -32,7 +32,15 @@ from torch import Tensor, nn
 from torch.optim import SGD, Optimizer
 
 from avalanche_meta.strategies._memory import ReservoirMemory
-from avalanche_meta.utils.scenario import MASK_VALUE, ActiveUnits, check_scenario
+from avalanche_meta.utils.scenario import (
+    MASK_VALUE,
+    ActiveUnits,
+    cast_inputs,
+    check_distinct_task_labels,
+    check_scenario,
+    complete_minibatch,
+    experience_identity,
+)
 from avalanche_meta.utils.validation import (
     check_choice,
     check_finite_loss,
@@ -216,6 +224,8 @@ class PerExampleReplayTemplate(SupervisedTemplate):
                 "give the total number of classes of the benchmark."
             )
         for plugin in plugins or ():
+            if callable(getattr(plugin, "set_tasks", None)):
+                continue  # a gating plugin (XdG): told the task labels per forward
             overridden = [
                 name
                 for name in UNFIRED_CALLBACKS
@@ -253,6 +263,13 @@ class PerExampleReplayTemplate(SupervisedTemplate):
         ).to(self.device)
         self.active_units: Optional[ActiveUnits] = None
         self._declare_pending = False
+        self._train_calls = 0
+        self._task_label_owners: Dict[int, Tuple] = {}
+        self._mb_raw_output: Optional[Tensor] = None
+        #: plugins that gate the model per task (XdG): told every forward's labels
+        self._gating_plugins = [
+            p for p in self.plugins if callable(getattr(p, "set_tasks", None))
+        ]
         if num_classes is not None:
             self._make_active_units(num_classes)
 
@@ -275,7 +292,16 @@ class PerExampleReplayTemplate(SupervisedTemplate):
             return
         self.active_units.observe_experience(self.experience)
 
+    def _before_training(self, **kwargs):
+        self._train_calls += 1
+        super()._before_training(**kwargs)
+
     def _before_training_exp(self, **kwargs):
+        if self.scenario == "task":
+            key, labels = experience_identity(self.experience, self._train_calls)
+            check_distinct_task_labels(
+                self._task_label_owners, key, labels, type(self).__name__
+            )
         super()._before_training_exp(**kwargs)
         if self.active_units is None:
             self._declare_pending = True  # once the model's width is known
@@ -283,7 +309,13 @@ class PerExampleReplayTemplate(SupervisedTemplate):
             self._declare_experience_classes()
 
     def _raw_logits(self, x: Tensor, t: Tensor) -> Tensor:
-        """The model's logits, padded to ``num_classes`` units for multi-head models."""
+        """The model's logits, padded to ``num_classes`` units for multi-head models.
+
+        Gating plugins (XdG) are given ``t`` first: every forward pass here (replay
+        batches, single-sample steps) is gated with its own samples' task labels.
+        """
+        for plugin in self._gating_plugins:
+            plugin.set_tasks(t, check=False)
         out = avalanche_forward(self.model, x, t)
         if self.num_classes is not None and out.shape[-1] != self.num_classes:
             if out.shape[-1] > self.num_classes or not isinstance(
@@ -308,9 +340,31 @@ class PerExampleReplayTemplate(SupervisedTemplate):
         return ~self.active_units.active(t, t.shape[0])
 
     def forward(self):
+        """Masked logits of the mini-batch (predictions); the raw ones are kept for
+        the loss (:meth:`criterion`)."""
         if self.active_units is None:
             self._infer_num_classes()
-        return self.logits(self.mb_x, self.mb_task_id)
+        self._mb_raw_output = self._raw_logits(self.mb_x, self.mb_task_id)
+        return self.active_units.mask(self._mb_raw_output, self.mb_task_id)
+
+    def criterion(self):
+        """Cross-entropy of the mini-batch over the scenario's active units plus each
+        sample's own class (:meth:`~avalanche_meta.utils.scenario.ActiveUnits.loss_logits`).
+
+        In training every label is active, so this is the cross-entropy of the
+        masked logits (``mb_output``). In evaluation on classes not trained yet
+        (Class-IL) the true class's unit is let in, so the loss is finite and
+        comparable with Avalanche's ``Naive`` instead of about ``1e9`` per sample
+        (the mask value); the predictions (``mb_output``, accuracy) still use the
+        masked logits. A class a multi-head model has no output unit for keeps the
+        mask value.
+        """
+        raw = self._mb_raw_output
+        if raw is None or raw.shape[0] != self.mb_y.shape[0]:
+            return F.cross_entropy(self.mb_output, self.mb_y)
+        return F.cross_entropy(
+            self.active_units.loss_logits(raw, self.mb_task_id, self.mb_y), self.mb_y
+        )
 
     def _infer_num_classes(self) -> None:
         with torch.no_grad():
@@ -318,13 +372,14 @@ class PerExampleReplayTemplate(SupervisedTemplate):
         self._make_active_units(int(out.shape[-1]))
 
     def _unpack_minibatch(self):
+        """Avalanche's, plus: ``(x, y)`` batches get task label 0 (Task-IL refuses
+        them, naming the fix); floating inputs are cast to the model's dtype (e.g.
+        float64 NumPy data), on every code path and in the memory."""
+        self.mbatch = complete_minibatch(
+            list(self.mbatch), self.scenario, type(self).__name__
+        )
         super()._unpack_minibatch()
-        if len(self.mbatch) < 3:
-            raise ValueError(
-                f"{type(self).__name__} needs (x, y, task label) mini-batches; the "
-                "dataset gives no task labels. Use an Avalanche benchmark (task "
-                "labels are 0 by default) or another scenario than Task-IL."
-            )
+        self.mbatch[0] = cast_inputs(self.mbatch[0], self.model)
         self.mbatch[-1] = self.mbatch[-1].long()
 
     # -- the per-example loop -------------------------------------------------------
@@ -402,14 +457,15 @@ class PerExampleReplayTemplate(SupervisedTemplate):
             if self._declare_pending:
                 self._declare_experience_classes()
             x, y, t = self.mb_x, self.mb_y, self.mb_task_id
+            self.active_units.check_batch(y, t)  # one host sync per mini-batch
             for i in range(x.shape[0]):
                 xi, yi, ti = x[i : i + 1], y[i : i + 1], t[i : i + 1]
-                self.active_units.observe(yi, ti)
+                self.active_units.observe(yi, ti, check=False)
                 self.learn_example(xi, yi, ti)
                 self.memory.add(x[i], y[i], t[i])
             with torch.no_grad():
                 self.mb_output = self.forward()
-                self.loss = F.cross_entropy(self.mb_output, self.mb_y)
+                self.loss = self.criterion()
             self._after_training_iteration(**kwargs)
 
     # -- state -----------------------------------------------------------------------
@@ -423,6 +479,8 @@ class PerExampleReplayTemplate(SupervisedTemplate):
                 None if self.active_units is None else self.active_units.state_dict()
             ),
             "optimizer": self.optimizer.state_dict(),
+            "task_label_owners": dict(self._task_label_owners),
+            "train_calls": self._train_calls,
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -434,6 +492,8 @@ class PerExampleReplayTemplate(SupervisedTemplate):
                 self._make_active_units(state["num_classes"])
             self.active_units.load_state_dict(state["active_units"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._task_label_owners = dict(state.get("task_label_owners", {}))
+        self._train_calls = int(state.get("train_calls", 0))
 
 
 class ER(PerExampleReplayTemplate):

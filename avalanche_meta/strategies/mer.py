@@ -241,6 +241,7 @@ class MER(PerExampleReplayTemplate):
         self._flat: Optional[FlatParameters] = None
         self._layers: Optional[List[Tuple[Tensor, Tensor]]] = None
         self._scales_t = torch.ones(0)
+        self._loss_flag: Optional[Tensor] = None
 
     # -- flat parameters -----------------------------------------------------------
     def _bind(self) -> FlatParameters:
@@ -333,8 +334,27 @@ class MER(PerExampleReplayTemplate):
             )
             if per_batch is not None:
                 reptile_interpolate(flat.flat, self._theta_W0, per_batch)
+        if self._native is None:  # before the last Reptile step clobbers theta_A0
+            self._check_example_finite()
         if not (variant == "alg6" and original):  # across-batch Reptile
             reptile_interpolate(flat.flat, self._theta_A0, self.gamma)
+
+    def _check_example_finite(self) -> None:
+        """Once per example (TorchScript and autograd loops): a non-finite loss in
+        any inner step leaves non-finite parameters (or sets the loss flag); then
+        restore ``theta_A0`` and raise. One host sync per example, none per batch."""
+        flat = self._flat
+        bad = ~torch.isfinite(flat.flat).all()
+        if self._loss_flag is not None:
+            bad = bad | self._loss_flag
+            self._loss_flag = None
+        if bool(bad):
+            flat.flat.copy_(self._theta_A0)
+            check_finite_loss(
+                torch.tensor(float("nan")),
+                "MER (an inner SGD step of this example; parameters restored to "
+                "before the example)",
+            )
 
     @torch.no_grad()
     def sgd_steps(
@@ -347,12 +367,16 @@ class MER(PerExampleReplayTemplate):
     ) -> None:
         """One plain SGD step (lr ``alpha``) per sample of the batch, in order.
 
-        A non-finite loss raises :class:`~avalanche_meta.utils.validation.NonFiniteLossError`
-        and leaves the parameters as they were before the current example
-        (``theta_A0``): the autograd path and the native kernel check every loss
-        before its update; the TorchScript loop checks the parameters after the
-        batch (a non-finite loss has non-finite logits, hence a non-finite
-        gradient).
+        Non-finite losses are caught and never trained on: the example's parameters
+        go back to ``theta_A0`` (before the example) and
+        :class:`~avalanche_meta.utils.validation.NonFiniteLossError` is raised. The
+        native kernel checks every loss before its update (on the CPU: no cost).
+        The TorchScript and autograd loops, which also run on GPUs, never read a
+        value back to the host inside the loop: the autograd loop accumulates a
+        non-finite-loss flag on the device, and :meth:`learn_example` checks it and
+        the parameters once per incoming example (a non-finite loss has non-finite
+        logits, hence a non-finite gradient and parameters), then restores
+        ``theta_A0`` and raises.
         """
         flat = self._flat
         if self._layers is not None:
@@ -378,30 +402,35 @@ class MER(PerExampleReplayTemplate):
                 except ValueError:  # bad inputs: nothing of this example is kept
                     flat.flat.copy_(self._theta_A0)
                     raise
-                finite = j < 0
-            else:
-                try:
-                    check_labels(y, self._layers[-1][0].shape[0])
+                if j >= 0:
+                    flat.flat.copy_(self._theta_A0)
+                    check_finite_loss(
+                        torch.tensor(float("nan")),
+                        f"MER (inner SGD step on sample {j}; parameters restored to "
+                        "before the example)",
+                    )
+                return
+            w_last = self._layers[-1][0]
+            n_out = w_last.shape[0]
+            if y.device.type == "cpu":  # free on the CPU; labels are checked per
+                try:  # mini-batch by the template on other devices
+                    check_labels(y, n_out)
                 except ValueError:
                     flat.flat.copy_(self._theta_A0)
                     raise
-                compiled_mlp_sgd_steps()(
-                    [w for w, _ in self._layers],
-                    [b for _, b in self._layers],
-                    X.contiguous(),
-                    y.tolist(),
-                    inactive,
-                    scales,
-                    self.lr,
-                    MASK_VALUE,
-                )
-                finite = bool(torch.isfinite(flat.flat).all())
-            if not finite:
-                flat.flat.copy_(self._theta_A0)
-                check_finite_loss(
-                    torch.tensor(float("nan")),
-                    "MER (an inner SGD step; parameters restored to before the example)",
-                )
+            Y = torch.zeros(
+                (y.shape[0], n_out), dtype=w_last.dtype, device=w_last.device
+            ).scatter_(1, y.reshape(-1, 1).to(w_last.device), 1.0)
+            compiled_mlp_sgd_steps()(
+                [w for w, _ in self._layers],
+                [b for _, b in self._layers],
+                X.to(w_last.dtype).contiguous(),
+                Y,
+                inactive,
+                scales,
+                self.lr,
+                MASK_VALUE,
+            )
             return
         for j in range(x.shape[0]):
             flat.flat_grad.zero_()
@@ -412,13 +441,8 @@ class MER(PerExampleReplayTemplate):
                 loss = F.cross_entropy(z, y[j : j + 1])
                 if scales[j] != 1.0:
                     loss = loss * scales[j]
-                if not bool(torch.isfinite(loss)):
-                    flat.flat.copy_(self._theta_A0)
-                    check_finite_loss(
-                        loss,
-                        f"MER (inner SGD step on sample {j}; parameters restored to "
-                        "before the example)",
-                    )
+                bad = ~torch.isfinite(loss.detach())
+                self._loss_flag = bad if self._loss_flag is None else self._loss_flag | bad
                 loss.backward()
             flat.flat.add_(flat.flat_grad, alpha=-self.lr)
 

@@ -79,7 +79,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from avalanche.benchmarks import OnlineCLExperience
@@ -107,7 +107,14 @@ from avalanche_meta.models.calibration import (
     remove_from_optimizer,
 )
 from avalanche_meta.utils.quiet_import import import_learn2learn
-from avalanche_meta.utils.scenario import ActiveUnits, check_scenario
+from avalanche_meta.utils.scenario import (
+    ActiveUnits,
+    cast_inputs,
+    check_distinct_task_labels,
+    check_scenario,
+    complete_minibatch,
+    experience_identity,
+)
 from avalanche_meta.utils.validation import (
     check_choice,
     check_finite_loss,
@@ -285,6 +292,7 @@ class NeuronCalibration(SupervisedTemplate):
             check_positive("grad_clip", grad_clip)
         check_choice("calibration", calibration, CALIBRATION_MODES)
         check_choice("fcm_position", fcm_position, FCM_POSITIONS)
+        self._check_criterion(criterion)
         if isinstance(model, MultiTaskModule):
             raise ValueError(
                 "NeuronCalibration uses one output head masked per task (Task-IL) or "
@@ -352,10 +360,36 @@ class NeuronCalibration(SupervisedTemplate):
         self.task_index = 0
         self._boundary_key: Any = None
         self._train_calls = 0
-        self._task_labels: List[List[int]] = []
+        self._task_label_owners: Dict[int, Tuple] = {}
         self._replay = None
+        self._mb_raw_output: Optional[Tensor] = None
+        #: plugins that gate the model per task (XdG): told every forward's labels
+        self._gating_plugins = [
+            p for p in self.plugins if callable(getattr(p, "set_tasks", None))
+        ]
 
     # -- set-up -------------------------------------------------------------------
+    @staticmethod
+    def _check_criterion(criterion) -> None:
+        """Accept a mean ``nn.CrossEntropyLoss`` without label smoothing, else say why."""
+        if not isinstance(criterion, CrossEntropyLoss):
+            raise ValueError(
+                "NeuronCalibration's losses are cross-entropies of masked logits (and "
+                "a KL distillation on logits): `criterion` must be "
+                f"nn.CrossEntropyLoss() (or left out), got {type(criterion).__name__}."
+            )
+        if criterion.reduction != "mean":
+            raise ValueError(
+                "NeuronCalibration adds its cross-entropies to batch-mean terms: "
+                f"`criterion` needs reduction='mean', got {criterion.reduction!r}."
+            )
+        if float(criterion.label_smoothing) != 0.0:
+            raise ValueError(
+                "NeuronCalibration masks inactive output units with a large negative "
+                "value; label smoothing would put weight on them and make the loss "
+                "about 1e8: pass nn.CrossEntropyLoss() without `label_smoothing`."
+            )
+
     @staticmethod
     def _check_plain_sgd(optimizer) -> None:
         ok = type(optimizer) is torch.optim.SGD and all(
@@ -405,6 +439,11 @@ class NeuronCalibration(SupervisedTemplate):
             return ("call", self._train_calls)
 
     def _before_training_exp(self, **kwargs):
+        if self.scenario == "task":
+            ident, labels = experience_identity(self.experience, self._train_calls)
+            check_distinct_task_labels(
+                self._task_label_owners, ident, labels, "NeuronCalibration"
+            )
         key = self._experience_key()
         if self._boundary_key is not None and key != self._boundary_key:
             self.task_index += 1
@@ -418,12 +457,29 @@ class NeuronCalibration(SupervisedTemplate):
         super()._before_training_exp(**kwargs)
 
     # -- forward and losses -------------------------------------------------------
+    def _unpack_minibatch(self):
+        """Avalanche's, plus: ``(x, y)`` batches get task label 0 (Task-IL refuses
+        them, naming the fix); floating inputs are cast to the model's dtype."""
+        self.mbatch = complete_minibatch(
+            list(self.mbatch), self.scenario, "NeuronCalibration"
+        )
+        super()._unpack_minibatch()
+        self.mbatch[0] = cast_inputs(self.mbatch[0], self.model)
+        self.mbatch[-1] = self.mbatch[-1].long()
+
+    def _raw(self, net: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+        for plugin in self._gating_plugins:  # XdG: gate this pass with its labels
+            plugin.set_tasks(t, check=False)
+        return net(x)
+
     def _logits(self, net: nn.Module, x: Tensor, t: Tensor) -> Tensor:
-        return self.active_units.mask(net(x), t)
+        return self.active_units.mask(self._raw(net, x, t), t)
 
     def forward(self):
-        """Masked logits: Task-IL each sample's task classes, Class-IL seen classes."""
-        return self._logits(self.model, self.mb_x, self.mb_task_id)
+        """Masked logits: Task-IL each sample's task classes, Class-IL seen classes
+        (the raw ones are kept for the evaluation loss, see :meth:`criterion`)."""
+        self._mb_raw_output = self._raw(self.model, self.mb_x, self.mb_task_id)
+        return self.active_units.mask(self._mb_raw_output, self.mb_task_id)
 
     def _distillation(self, net: nn.Module, batch) -> Tensor:
         xm, _, tm, zm = batch
@@ -441,31 +497,27 @@ class NeuronCalibration(SupervisedTemplate):
         return loss
 
     def criterion(self):
-        """Training: ``L_b``; evaluation: the plain cross-entropy."""
+        """Training: ``L_b``; evaluation: the cross-entropy over the active units
+        plus each sample's own class.
+
+        Evaluation: :meth:`~avalanche_meta.utils.scenario.ActiveUnits.loss_logits`
+        lets the true class's unit in, so that on classes not trained yet
+        (Class-IL) the loss is finite and comparable with Avalanche's ``Naive``
+        rather than about ``1e9`` (the mask value); when the label is active it is
+        the cross-entropy of the masked logits. Predictions (``mb_output``) keep
+        the masked logits.
+        """
+        if not self.is_training:
+            raw = self._mb_raw_output
+            if raw is not None and raw.shape[0] == self.mb_y.shape[0]:
+                z = self.active_units.loss_logits(raw, self.mb_task_id, self.mb_y)
+                return self._criterion(z, self.mb_y)
         loss = self._criterion(self.mb_output, self.mb_y)
         if self.is_training and self.gamma > 0:
             loss = loss + self.gamma * self._replay_loss(self.model)
         return loss
 
     # -- the bi-level step ----------------------------------------------------------
-    def _check_task_labels(self, t: Tensor) -> None:
-        labels = sorted(set(t.tolist()))
-        while len(self._task_labels) <= self.task_index:
-            self._task_labels.append([])
-        current = self._task_labels[self.task_index]
-        if self.scenario == "task" and not current:
-            for k, old in enumerate(self._task_labels[: self.task_index]):
-                if set(old) & set(labels):
-                    raise ValueError(
-                        f"Task-IL (scenario='task') needs a distinct task label per "
-                        f"task, but task {self.task_index} has task label(s) {labels}, "
-                        f"already used by task {k}. Use a benchmark with task labels "
-                        "(e.g. return_task_id=True) or scenario='class'."
-                    )
-        for lab in labels:
-            if lab not in current:
-                current.append(lab)
-
     def training_epoch(self, **kwargs):
         """One pass over the (online) experience: one bi-level step per batch."""
         for self.mbatch in self.dataloader:
@@ -479,7 +531,6 @@ class NeuronCalibration(SupervisedTemplate):
     def _calibrated_step(self, **kwargs) -> None:
         x, y, t = self.mb_x, self.mb_y, self.mb_task_id
         k = self.task_index
-        self._check_task_labels(t)
         self.active_units.observe(y, t)
         self._sample_replay()
         past = self.memory.sample(self.mem_batch_size, exclude_task=k)
@@ -583,7 +634,8 @@ class NeuronCalibration(SupervisedTemplate):
         for p, g in zip(psi, grads):
             p.grad = None if g is None else g
         self.calibration_optimizer.step()
-        self.calibration_loss = float(L_c.detach())
+        #: the last outer loss, a detached 0-d tensor (not read back: no host sync)
+        self.calibration_loss = L_c.detach()
 
     @torch.no_grad()
     def _copy_base(self, learner: nn.Module) -> None:
@@ -617,7 +669,7 @@ class NeuronCalibration(SupervisedTemplate):
             "task_index": self.task_index,
             "boundary_key": self._boundary_key,
             "train_calls": self._train_calls,
-            "task_labels": [list(v) for v in self._task_labels],
+            "task_label_owners": dict(self._task_label_owners),
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -630,4 +682,4 @@ class NeuronCalibration(SupervisedTemplate):
         self.task_index = int(state["task_index"])
         self._boundary_key = state["boundary_key"]
         self._train_calls = int(state["train_calls"])
-        self._task_labels = [list(v) for v in state["task_labels"]]
+        self._task_label_owners = dict(state.get("task_label_owners", {}))

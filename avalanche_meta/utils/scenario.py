@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -125,15 +125,31 @@ class ActiveUnits(nn.Module):
             )
 
     @torch.no_grad()
-    def observe(self, y: Tensor, t: Optional[Tensor] = None) -> None:
-        """Record labels ``y`` (and their task labels ``t``) seen in training."""
+    def check_batch(self, y: Tensor, t: Optional[Tensor] = None) -> None:
+        """Check labels ``y`` and make room for task labels ``t`` (one host sync):
+        afterwards ``observe(..., check=False)`` of any part of the batch is safe."""
         y = y.to(self.seen.device).long().flatten()
         self._check_labels(y)
+        if t is not None and t.numel():
+            self._grow(int(t.max()) + 1)
+
+    @torch.no_grad()
+    def observe(self, y: Tensor, t: Optional[Tensor] = None, *, check: bool = True) -> None:
+        """Record labels ``y`` (and their task labels ``t``) seen in training.
+
+        :param check: check the labels and grow the task table (reads values back
+            to the host); ``False`` after :meth:`check_batch` of the batch, so that
+            per-example calls on a GPU do not synchronise.
+        """
+        y = y.to(self.seen.device).long().flatten()
+        if check:
+            self._check_labels(y)
         self.seen[y] = True
         if t is not None:
             t = t.to(self.seen.device).long().flatten()
             if t.numel():
-                self._grow(int(t.max()) + 1)
+                if check:
+                    self._grow(int(t.max()) + 1)
                 self.task_classes[t, y] = True
 
     @torch.no_grad()
@@ -169,8 +185,8 @@ class ActiveUnits(nn.Module):
             return torch.ones(
                 batch_size, self.num_classes, dtype=torch.bool, device=device
             )
-        if self.scenario == "class":
-            row = self.seen if bool(self.seen.any()) else torch.ones_like(self.seen)
+        if self.scenario == "class":  # nothing seen yet: every unit (no host sync)
+            row = self.seen | ~self.seen.any()
             return row.unsqueeze(0).expand(batch_size, -1)
         if t is None:
             raise ValueError(
@@ -179,13 +195,15 @@ class ActiveUnits(nn.Module):
                 "return_task_id=True) or another scenario."
             )
         t = t.to(device).long().flatten()
-        known = t < self.task_classes.shape[0]
-        rows = torch.ones(batch_size, self.num_classes, dtype=torch.bool, device=device)
-        if bool(known.any()):
-            sel = self.task_classes[t[known]]
-            empty = ~sel.any(dim=1, keepdim=True)
-            rows[known] = sel | empty
-        return rows
+        n_tasks = self.task_classes.shape[0]
+        if n_tasks == 0:
+            return torch.ones(
+                batch_size, self.num_classes, dtype=torch.bool, device=device
+            )
+        # without boolean indexing (no host sync): unknown tasks get every unit
+        known = (t >= 0) & (t < n_tasks)
+        sel = self.task_classes[t.clamp(0, n_tasks - 1)] & known.unsqueeze(1)
+        return sel | ~sel.any(dim=1, keepdim=True)
 
     def mask(self, logits: Tensor, t: Optional[Tensor] = None) -> Tensor:
         """Return ``logits`` with inactive units set to :data:`MASK_VALUE`."""
@@ -199,6 +217,33 @@ class ActiveUnits(nn.Module):
         active = self.active(t, logits.shape[0])
         return logits.masked_fill(~active, MASK_VALUE)
 
+    def loss_logits(self, logits: Tensor, t: Optional[Tensor], y: Tensor) -> Tensor:
+        """Logits for a bounded evaluation loss: :meth:`mask` with each sample's own
+        class unit left unmasked.
+
+        The cross-entropy of these logits is the loss over the units active in the
+        scenario plus the true class. It equals the cross-entropy of :meth:`mask`
+        whenever the label is active (every training batch, and the classes seen so
+        far in evaluation); for a class not seen yet (Class-IL evaluation on
+        experiences not trained on) it stays finite and says how far the true
+        class's logit lies below the active ones, instead of being dominated by
+        :data:`MASK_VALUE` (about ``1e9``). Predictions are not affected: they keep
+        using :meth:`mask`.
+        """
+        if self.scenario == "domain":
+            return logits
+        if logits.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"the model gives {logits.shape[-1]} outputs but `num_classes` is "
+                f"{self.num_classes}."
+            )
+        active = self.active(t, logits.shape[0])
+        y = y.to(active.device).long().flatten()
+        own = torch.nn.functional.one_hot(
+            y.clamp(0, self.num_classes - 1), self.num_classes
+        ).bool() & ((y >= 0) & (y < self.num_classes)).unsqueeze(1)
+        return logits.masked_fill(~(active | own), MASK_VALUE)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "task_classes"
         if key in state_dict:
@@ -209,3 +254,104 @@ class ActiveUnits(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, scenario={self.scenario!r}"
+
+
+# -- shared checks of the per-example and bi-level strategies (ER, MER, NCCL) -----------
+def _read(obj: Any, name: str) -> Any:
+    """``getattr`` that returns None for attributes Avalanche masks or lacks."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # MaskedAttributeError and friends
+        return None
+
+
+def experience_identity(experience: Any, train_calls: int) -> Tuple[Tuple, List[int]]:
+    """Which (origin) experience ``experience`` is, and its task labels.
+
+    An online sub-experience is identified by its origin experience (attribute
+    masking is lifted to read it, as :func:`declared_task_classes` does); an
+    ordinary experience by its ``current_experience``; an experience without
+    either by the call to ``train()`` (``train_calls``).
+
+    :return: ``(key, task labels)`` with ``key`` ``("exp", index)`` or
+        ``("call", train_calls)``.
+    """
+    masking = _read(experience, "no_attribute_masking")
+    with masking() if callable(masking) else nullcontext():
+        origin = _read(experience, "origin_experience")
+        source = origin if origin is not None else experience
+        index = _read(source, "current_experience")
+        labels = _read(source, "task_labels")
+        if labels is None:
+            labels = _read(experience, "task_labels")
+    key = ("call", int(train_calls)) if index is None else ("exp", int(index))
+    return key, sorted({int(t) for t in (labels or [0])})
+
+
+def check_distinct_task_labels(
+    owners: Dict[int, Tuple], key: Tuple, labels: Iterable[int], name: str
+) -> None:
+    """Task-IL: raise unless the task labels of a new experience are new.
+
+    ``owners`` maps each task label to the key of the experience that used it first
+    (see :func:`experience_identity`); it is updated in place. A label used before
+    by *another* experience means the benchmark has no task labels (Avalanche's
+    Class-IL and Domain-IL benchmarks give every experience task 0): Task-IL would
+    silently behave as Class-IL, so this is an error that names the fix.
+
+    :param name: the strategy's name, for the message.
+    :raises ValueError: a label of this experience was used by an earlier one.
+    """
+    labels = sorted(int(t) for t in labels)
+    for lab in labels:
+        prev = owners.get(lab)
+        if prev is not None and prev != key:
+            raise ValueError(
+                f"{name}: scenario='task' (Task-IL) needs a distinct task label per "
+                f"task, but experience {key[1]} has task label(s) {labels}, already "
+                f"used by experience {prev[1]}: the benchmark gives no task labels "
+                "(every experience is task 0). Build it with task labels (e.g. "
+                "SplitMNIST(..., return_task_id=True)) or use scenario='class' "
+                "(or scenario='domain' when every task shares its labels)."
+            )
+    for lab in labels:
+        owners.setdefault(lab, key)
+
+
+def complete_minibatch(mbatch: List[Any], scenario: str, name: str) -> List[Any]:
+    """Give ``(x, y)`` mini-batches a task label 0 (Class-IL, Domain-IL); Task-IL
+    refuses them. Avalanche reads the task labels as the last element of the batch.
+
+    :raises ValueError: Task-IL and no task labels, or fewer than two elements.
+    """
+    if len(mbatch) >= 3:
+        return mbatch
+    if len(mbatch) < 2:
+        raise ValueError(
+            f"{name} needs (x, y[, task label]) mini-batches; got {len(mbatch)} "
+            "element(s)."
+        )
+    if scenario == "task":
+        raise ValueError(
+            f"{name}: scenario='task' (Task-IL) needs the task label of every "
+            "sample, but the mini-batches are (x, y) without one. Use a benchmark "
+            "with task labels (e.g. SplitMNIST(..., return_task_id=True)), or "
+            "scenario='class' / 'domain'."
+        )
+    x, y = mbatch[0], mbatch[1]
+    return [x, y, torch.zeros(len(y), dtype=torch.long, device=y.device)]
+
+
+def cast_inputs(x: Tensor, model: nn.Module) -> Tensor:
+    """Floating-point inputs in the dtype of the model's first floating parameter.
+
+    ER, MER and NeuronCalibration (and their memories) take inputs of any floating
+    dtype (e.g. float64 from NumPy) and compute in the model's dtype, on every code
+    path; non-floating inputs are returned unchanged.
+    """
+    if not x.is_floating_point():
+        return x
+    for p in model.parameters():
+        if p.is_floating_point():
+            return x if x.dtype == p.dtype else x.to(p.dtype)
+    return x
