@@ -268,7 +268,7 @@ class XdG(SupervisedPlugin):
         self.attach(strategy.model)
 
     def before_training_exp(self, strategy, **kwargs):
-        labels = list(getattr(strategy.experience, "task_labels", []) or [])
+        key, labels = experience_identity(strategy.experience, self._train_calls)
         if len(labels) != 1:
             raise ValueError(
                 "XdG needs exactly one task label per experience (Task-IL); this "
@@ -280,7 +280,6 @@ class XdG(SupervisedPlugin):
                 f"task label {t} but XdG was built for n_tasks="
                 f"{self.gates.n_contexts}: give n_tasks >= {t + 1}."
             )
-        key, _ = experience_identity(strategy.experience, self._train_calls)
         owner = self._owners.get(t)
         if t in self._trained_tasks and owner != key:
             raise ValueError(

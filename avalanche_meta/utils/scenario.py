@@ -271,7 +271,9 @@ def experience_identity(experience: Any, train_calls: int) -> Tuple[Tuple, List[
     An online sub-experience is identified by its origin experience (attribute
     masking is lifted to read it, as :func:`declared_task_classes` does); an
     ordinary experience by its ``current_experience``; an experience without
-    either by the call to ``train()`` (``train_calls``).
+    either by the call to ``train()`` (``train_calls``). Task labels: the
+    experience's ``task_labels``, else the distinct task labels of its dataset,
+    else ``[0]``.
 
     :return: ``(key, task labels)`` with ``key`` ``("exp", index)`` or
         ``("call", train_calls)``.
@@ -284,6 +286,11 @@ def experience_identity(experience: Any, train_calls: int) -> Tuple[Tuple, List[
         labels = _read(source, "task_labels")
         if labels is None:
             labels = _read(experience, "task_labels")
+        if labels is None:  # generic experiences: the dataset's task labels
+            per_sample = _read(_read(source, "dataset"), "targets_task_labels")
+            labels = _read(per_sample, "uniques")
+            if labels is None and per_sample is not None:
+                labels = set(int(v) for v in per_sample)
     key = ("call", int(train_calls)) if index is None else ("exp", int(index))
     return key, sorted({int(t) for t in (labels or [0])})
 
