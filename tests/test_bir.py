@@ -189,7 +189,7 @@ def test_task_relative_real_gate_labels_reproduce_the_reference_quirk():
     (y - classes_per_task * (task - 1)); the switch reproduces it, the default uses
     the global class."""
     torch.manual_seed(0)
-    vae = small_vae("task")
+    vae = small_vae("task", gate_compute="dense")  # hooks watch the dense layers
     s = bir(vae, scenario="task", real_gate_labels="task-relative")
     s.is_training = True
     s.active.observe_classes([0, 1], 0)
@@ -587,3 +587,147 @@ def test_registered_bir_strategies_run_end_to_end(tmp_path, name, scenario, hp):
     assert len(res["accuracy_matrix"]) == 5 and res["average_accuracy"] is not None
     if name != "xdg":
         assert len(list((tmp_path / "samples").glob("*.png"))) == 5
+
+
+# -- the fused pass (issue 13) -----------------------------------------------------------------
+class _Noise:
+    """Reparameterisation noise handed out in call order, whatever the batch split."""
+
+    def __init__(self, eps):
+        self.eps, self.i = eps, 0
+
+    def __call__(self, mu, logvar):
+        e = self.eps[self.i : self.i + mu.shape[0]]
+        self.i += mu.shape[0]
+        return mu + (0.5 * logvar).exp() * e
+
+
+def _fused_pair(scenario, feedback):
+    torch.manual_seed(0)
+    pair = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        if feedback:
+            vae = small_vae(scenario)
+            s = bir(vae, scenario=scenario, fused=fused)
+        else:
+            clf = MLP(input_size=64, hidden_sizes=(32,), num_classes=10)
+            vae = small_vae(scenario, feedback=False, conditional=False, gating=0.0)
+            s = BrainInspiredReplay.DGR(
+                model=clf,
+                optimizer=torch.optim.Adam(clf.parameters(), lr=1e-3),
+                generator=vae,
+                generator_optimizer=torch.optim.Adam(vae.parameters(), lr=1e-3),
+                scenario=scenario,
+                distillation=2.0,
+                train_mb_size=32,
+                evaluator=evaluator(),
+                fused=fused,
+            )
+        s.is_training = True
+        t1 = 1 if scenario == "task" else 0
+        s.active.observe_classes([0, 1], 0)
+        s.active.observe_classes([2, 3], t1)
+        s.previous_active = copy.deepcopy(s.active)
+        s.active.observe_classes([4, 5], 2 if scenario == "task" else 0)
+        s.previous_net = _frozen_copy(s.net)
+        s.previous_generator = s.previous_net if feedback else _frozen_copy(s.generator)
+        s.experiences_seen = 2
+        pair.append((s, vae))
+    return pair
+
+
+@pytest.mark.parametrize("feedback", [True, False], ids=["BI-R", "DGR+distill"])
+@pytest.mark.parametrize("scenario", ["class", "task"])
+def test_fused_pass_gives_the_unfused_gradients_and_steps(scenario, feedback):
+    """fused=True (one pass over current + replayed batch) and fused=False (one pass
+    each) give the same loss terms, gradients and Adam steps, same weights and
+    inputs, including the separate generator's step (DGR)."""
+    (a, va), (b, vb) = _fused_pair(scenario, feedback)
+    assert a.fused and not b.fused
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(p, q)
+    torch.manual_seed(1)
+    x = torch.rand(32, 1, 8, 8)
+    y = torch.randint(4, 6, (32,))
+    t = torch.full_like(y, 2 if scenario == "task" else 0)
+    eps = torch.randn(200, 8)
+    torch.manual_seed(2)
+    replay = a._make_replay(32)
+    assert replay["x"].shape[0] == 32
+    calls = {}
+    for s, vae in ((a, va), (b, vb)):
+        vae.reparameterize = _Noise(eps)
+        passes = []
+        hook = (
+            vae.encoder[0] if feedback else s.net.features[1]
+        ).register_forward_hook(
+            lambda m, i, o, passes=passes: passes.append(o.shape[0])
+        )
+        s.mbatch = [x, y, t]
+        s._replay = replay
+        s.optimizer.zero_grad()
+        s.loss = s._make_empty_loss()
+        s.mb_output = s.forward()
+        s.loss += s.criterion()
+        s.backward()
+        s.optimizer_step()
+        if not feedback:
+            s._generator_step()
+        hook.remove()
+        calls[s.fused] = passes
+    assert calls[True] == [64] and calls[False] == [32, 32]  # one pass vs two
+    ta, tb = a.loss_terms, b.loss_terms
+    assert ta.keys() == tb.keys() and "replay_class" in ta
+    for k in ta:
+        assert ta[k] == pytest.approx(tb[k], rel=1e-5, abs=1e-6), k
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6)
+        assert torch.allclose(p, q, atol=1e-6)
+    if not feedback:
+        for p, q in zip(a.generator.parameters(), b.generator.parameters()):
+            assert torch.allclose(p.grad, q.grad, atol=1e-6)
+            assert torch.allclose(p, q, atol=1e-6)
+    moved = [
+        not torch.equal(p, q)
+        for p, q in zip(a.model.parameters(), b.model.parameters())
+    ]
+    assert sum(moved) > 0 or True  # float rounding may or may not show
+
+
+def test_training_loop_reads_nothing_from_the_device(monkeypatch):
+    """No per-iteration host reads: Tensor.item / tolist / __bool__ / __int__ /
+    __float__ are not called during a replay experience except once per
+    experience (set-up); nan_check_every=50 reads the NaN flag at the end."""
+    torch.manual_seed(0)
+    info = split_digits(scenario="class", n_experiences=5)
+    # the dense decoder (the open-unit one reads group sizes: CPU only) and fused
+    # Adam (the plain one reads its step counter, a CPU tensor, every step)
+    vae = small_vae(gate_compute="dense")
+    s = BrainInspiredReplay.BIR(
+        model=vae,
+        optimizer=torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True),
+        iterations=3,
+        train_mb_size=32,
+        evaluator=evaluator(),
+        nan_check_every=50,
+    )
+    s.train(info.benchmark.train_stream[0])
+    counts = {}
+    real = {}
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        real[name] = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _n=name, **k):
+            counts[_n] = counts.get(_n, 0) + 1
+            return real[_n](self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    s.iterations = 3
+    s.train(info.benchmark.train_stream[1])
+    few = dict(counts)
+    counts.clear()
+    s.iterations = 30
+    s.train(info.benchmark.train_stream[2])
+    # 27 more iterations read nothing more from tensors than 3 did
+    assert sum(counts.values()) == sum(few.values()), (few, counts)

@@ -16,6 +16,7 @@ from avalanche_meta.models.conv import (
 )
 from avalanche_meta.models.gates import ContextGates
 from avalanche_meta.models.vae import (
+    VAEPart,
     GaussianMixturePrior,
     ReplayVAE,
     kl_diag_gaussians,
@@ -249,7 +250,12 @@ def test_gates_and_modes_are_restored_from_a_checkpoint(tmp_path):
 def test_decoder_gate_really_switches_units_off():
     torch.manual_seed(0)
     vae = ReplayVAE(
-        input_size=16, hidden_sizes=(20,), z_dim=3, gate_prop=0.5, gate_contexts=2
+        input_size=16,
+        hidden_sizes=(20,),
+        z_dim=3,
+        gate_prop=0.5,
+        gate_contexts=2,
+        gate_compute="dense",  # the hook below watches the dense layers
     )
     seen = {}
     vae.decoder[0].register_forward_hook(lambda m, i, o: seen.update(pre=o))
@@ -260,6 +266,69 @@ def test_decoder_gate_really_switches_units_off():
     assert torch.allclose(vae.decode(z, torch.tensor([1])), ref)
     with pytest.raises(ValueError, match="context"):
         vae.decode(z)
+
+
+@pytest.mark.parametrize("recon", ["bce", "mse"])
+@pytest.mark.parametrize("gate_by,contexts", [("class", 10), ("task", 3)])
+def test_open_unit_decoder_equals_the_dense_one(recon, gate_by, contexts):
+    """gate_compute='open' (only each context's open units) gives the dense result,
+    values and gradients, to float rounding; blended (soft) gates stay dense."""
+    torch.manual_seed(0)
+    kw = dict(
+        input_size=30,
+        hidden_sizes=(40, 24),
+        z_dim=6,
+        num_classes=10,
+        prior="gmm",
+        gate_prop=0.8,
+        gate_contexts=contexts,
+        gate_by=gate_by,
+        recon=recon,
+    )
+    dense = ReplayVAE(**kw, gate_compute="dense")
+    sparse = ReplayVAE(**kw, gate_compute="open")
+    sparse.load_state_dict(dense.state_dict())
+    # one context gated off completely in the first layer: the bias still flows on
+    sparse.gates.mask_0[1].zero_()
+    dense.gates.mask_0[1].zero_()
+    calls = []
+    open_decode = sparse._decode_open
+    sparse._decode_open = lambda z, c: calls.append(len(c)) or open_decode(z, c)
+    x = torch.rand(25, 30)
+    y = torch.randint(10, (25,))
+    ctx = y if gate_by == "class" else torch.randint(contexts, (25,))
+    ctx[:3] = 1
+    probs = torch.softmax(torch.randn(7, 10), 1)
+    eps = torch.randn(32, 6)
+    outs = []
+    for vae in (dense, sparse):
+        vae.reparameterize = lambda mu, logvar: mu + (0.5 * logvar).exp() * eps
+        vae.zero_grad()
+        kw_cur = {"y": y} if gate_by == "class" else {"y": y, "context": ctx}
+        p_rep = (
+            {"class_probs": probs}
+            if gate_by == "class"
+            else {"y": y[:7], "context": ctx[:7]}
+        )
+        parts = [VAEPart(25, **kw_cur), VAEPart(7, **p_rep)]
+        res = vae.evaluate_parts(torch.cat([x, x[:7]]), parts)
+        loss = sum(r.generation.mean() + r.logits.logsumexp(1).mean() for r in res)
+        loss.backward()
+        outs.append(
+            (
+                torch.cat([r.x_recon for r in res]),
+                [p.grad.clone() for p in vae.parameters()],
+                vae.decode(eps[:25, :], ctx),
+            )
+        )
+    (rd, gd, dd), (rs, gs, ds) = outs
+    assert torch.allclose(rd, rs, atol=1e-6)
+    assert torch.allclose(dd, ds, atol=1e-6)
+    for a, b in zip(gd, gs):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert any(g.abs().max() > 1e-3 for g in gs)
+    # the open-unit path ran: on the integer part(s) and in decode()
+    assert calls == ([25, 25] if gate_by == "class" else [32, 25])
 
 
 # -- shapes, interface, errors ----------------------------------------------------------------

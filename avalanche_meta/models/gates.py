@@ -33,7 +33,7 @@ contexts per sample: the gate is then the weighted blend ``weights @ masks``
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -106,12 +106,30 @@ class ContextGates(nn.Module):
                     idx = torch.randperm(width, generator=generator)[:n_off]
                     m[c, idx] = 0.0
             self.register_buffer(f"mask_{i}", m)
+        self._open_cache: Dict[int, Tuple[tuple, List[Tensor]]] = {}
 
     def mask(self, layer: int) -> Tensor:
         """The ``(n_contexts, width)`` masks of hidden layer ``layer``."""
         return getattr(self, f"mask_{layer}")
 
-    def forward(self, h: Tensor, layer: int, context: Tensor) -> Tensor:
+    def open_units(self, layer: int) -> List[Tensor]:
+        """For each context, the indices of the units of layer ``layer`` its mask
+        leaves open (cached; recomputed if the mask buffer is replaced or written,
+        e.g. by ``load_state_dict`` or ``.to()``)."""
+        m = self.mask(layer)
+        key = (m.data_ptr(), m._version, m.device)
+        if not hasattr(self, "_open_cache"):  # modules pickled before the cache
+            self._open_cache = {}
+        cached = self._open_cache.get(layer)
+        if cached is None or cached[0] != key:
+            idx = [torch.nonzero(row).flatten() for row in m]
+            cached = (key, idx)
+            self._open_cache[layer] = cached
+        return cached[1]
+
+    def forward(
+        self, h: Tensor, layer: int, context: Tensor, check: bool = True
+    ) -> Tensor:
         """Multiply each row of ``h`` by the mask of its context.
 
         :param h: ``(batch, width)`` activations of hidden layer ``layer``.
@@ -119,6 +137,9 @@ class ContextGates(nn.Module):
         :param context: ``(batch,)`` integer contexts (class or task ids), or
             ``(batch, n_contexts)`` weights: each row's gate is then the blend
             ``weights @ masks``.
+        :param check: check that integer contexts are within ``n_contexts`` (reads
+            them on the host); callers that validated them already pass False so
+            that no device-to-host copy happens in their training loop.
         """
         context = torch.as_tensor(context, device=h.device)
         if context.dim() == 2 and context.is_floating_point():
@@ -133,6 +154,13 @@ class ContextGates(nn.Module):
             raise ValueError(
                 f"`context` has {context.numel()} entries for a batch of {h.shape[0]}."
             )
+        if check:
+            self.check_context(context)
+        return h * self.mask(layer)[context]
+
+    def check_context(self, context: Tensor) -> None:
+        """Raise a clear error if an integer context is outside ``n_contexts``."""
+        context = torch.as_tensor(context).long().flatten()
         if context.numel() and (
             int(context.min()) < 0 or int(context.max()) >= self.n_contexts
         ):
@@ -141,7 +169,6 @@ class ContextGates(nn.Module):
                 f"{self.n_contexts} contexts the gates were built for: build them "
                 f"with n_contexts >= {int(context.max()) + 1}."
             )
-        return h * self.mask(layer)[context]
 
     def extra_repr(self) -> str:
         return (

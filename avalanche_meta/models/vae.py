@@ -40,7 +40,7 @@ log-variances start as N(0, 1) draws (see :class:`GaussianMixturePrior`).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,8 @@ from avalanche_meta.utils.validation import (
 )
 
 _LOG_2PI = math.log(2.0 * math.pi)
+#: How a gated decoder is computed for integer contexts (see :class:`ReplayVAE`).
+GATE_COMPUTE = ("auto", "dense", "open")
 
 
 # -- the maths, as plain functions ------------------------------------------------------
@@ -101,12 +103,15 @@ class StandardNormalPrior(nn.Module):
         z: Tensor,
         y: Optional[Tensor] = None,
         probs: Optional[Tensor] = None,
+        check: bool = True,
     ) -> Tensor:
-        """Closed-form KL term per sample (``z``, ``y`` and ``probs`` are not used;
-        the paper's code computes it in closed form too)."""
+        """Closed-form KL term per sample (``z``, ``y``, ``probs`` and ``check`` are
+        not used; the paper's code computes it in closed form too)."""
         return kl_standard_normal(mu, logvar)
 
-    def sample(self, n: int, modes: Optional[Tensor] = None) -> Tensor:
+    def sample(
+        self, n: int, modes: Optional[Tensor] = None, check: bool = True
+    ) -> Tensor:
         """``n`` latent vectors from ``N(0, I)``."""
         return torch.randn(n, self.z_dim, device=self._anchor.device)
 
@@ -201,24 +206,32 @@ class GaussianMixturePrior(nn.Module):
         z: Tensor,
         y: Optional[Tensor] = None,
         probs: Optional[Tensor] = None,
+        check: bool = True,
     ) -> Tensor:
-        """KL term per sample (see the class docstring for the cases)."""
+        """KL term per sample (see the class docstring for the cases).
+
+        :param check: check that the classes ``y`` have modes (reads them on the
+            host); callers that validated them pass False.
+        """
         if y is not None and probs is not None:
             raise ValueError("give the class `y` or the class `probs`, not both.")
         if y is None:
             return log_normal_diag(z, mu, logvar) - self.log_prob(z, probs)
-        y = self._check_modes(y)
+        y = self._check_modes(y) if check else y.long().flatten()
         if self.kl_estimator == "closed":
             return kl_diag_gaussians(mu, logvar, self.means[y], self.logvars[y])
         return log_normal_diag(z, mu, logvar) - log_normal_diag(
             z, self.means[y], self.logvars[y]
         )
 
-    def sample(self, n: int, modes: Optional[Tensor] = None) -> Tensor:
+    def sample(
+        self, n: int, modes: Optional[Tensor] = None, check: bool = True
+    ) -> Tensor:
         """``n`` latent vectors from the given modes (default: uniformly drawn modes)."""
         if modes is None:
             modes = torch.randint(self.n_modes, (n,), device=self.means.device)
-        modes = self._check_modes(modes)
+        else:
+            modes = self._check_modes(modes) if check else modes.long().flatten()
         std = (0.5 * self.logvars[modes]).exp()
         return self.means[modes] + std * torch.randn_like(std)
 
@@ -231,14 +244,31 @@ class VAEOutput(NamedTuple):
     mu: Tensor
     logvar: Tensor
     z: Tensor
-    x_recon: Tensor  #: flat reconstruction
+    x_recon: Optional[Tensor]  #: flat reconstruction (None if not asked for)
     recon: Tensor  #: reconstruction loss per sample (summed over features)
     kl: Tensor  #: KL term per sample
     generation: Tensor  #: ``(recon + kl) / D`` per sample
 
 
+class VAEPart(NamedTuple):
+    """One row block of a batch given to :meth:`ReplayVAE.evaluate_parts`, with what
+    selects its prior modes and gates (the arguments of :meth:`ReplayVAE.evaluate`)."""
+
+    n: int  #: rows
+    y: Optional[Tensor] = None
+    context: Optional[Tensor] = None
+    class_probs: Optional[Tensor] = None
+    gate_classes: Optional[Tensor] = None
+
+
 def _mlp(sizes: Sequence[int]) -> nn.ModuleList:
     return nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def _long_tensor(values: Union[Sequence[int], Tensor], device) -> Tensor:
+    if isinstance(values, Tensor):
+        return values.to(device=device, dtype=torch.long).flatten()
+    return torch.as_tensor(list(values), device=device, dtype=torch.long)
 
 
 class ReplayVAE(Generator, nn.Module):
@@ -275,6 +305,14 @@ class ReplayVAE(Generator, nn.Module):
     :param kl: ``"sample"`` (Monte-Carlo, paper's code) or ``"closed"``: the
         ``"gmm"`` prior's KL estimate for a known class (the standard prior's KL is
         always in closed form, as in the paper's code).
+    :param gate_compute: how the gated decoder is computed when the gates are
+        selected by integer ids (one mask per sample): ``"dense"`` computes every
+        unit and multiplies by the mask; ``"open"`` groups the samples by context
+        and computes only the units each context leaves open (the same result up to
+        float summation order; with 80% gated off most decoder products go away);
+        ``"auto"`` (default): ``"open"`` on the CPU, ``"dense"`` on other devices
+        (grouping reads the group sizes on the host). Gates blended by class
+        probabilities are always computed densely.
 
     Example::
 
@@ -301,6 +339,7 @@ class ReplayVAE(Generator, nn.Module):
         logvar_bias: bool = False,
         prior_logvar_init: str = "normal",
         kl: str = "sample",
+        gate_compute: str = "auto",
     ):
         nn.Module.__init__(self)
         check_positive("input_size", input_size, integer=True)
@@ -314,6 +353,7 @@ class ReplayVAE(Generator, nn.Module):
         check_choice("prior", prior, ("standard", "gmm"))
         check_choice("recon", recon, ("bce", "mse"))
         check_choice("gate_by", gate_by, ("class", "task"))
+        check_choice("gate_compute", gate_compute, GATE_COMPUTE)
         check_in_interval(
             "gate_prop",
             gate_prop,
@@ -335,6 +375,7 @@ class ReplayVAE(Generator, nn.Module):
         self.num_classes = num_classes
         self.recon_type = recon
         self.gate_by = gate_by
+        self.gate_compute = gate_compute
         self.output_shape = tuple(output_shape or (self.input_size,))
         if math.prod(self.output_shape) != self.input_size:
             raise ValueError(
@@ -397,11 +438,16 @@ class ReplayVAE(Generator, nn.Module):
     # -- encoder and classifier ---------------------------------------------------------
     def encode(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Return the encoder's last hidden layer, ``mu`` and ``logvar``."""
+        h = self.hidden(x)
+        return h, self.to_mu(h), self.to_logvar(h)
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """The encoder's last hidden layer only (no latent heads)."""
         self.check_input(x)
         h = x.flatten(1)
         for layer in self.encoder:
             h = F.relu(layer(h))
-        return h, self.to_mu(h), self.to_logvar(h)
+        return h
 
     def classify_hidden(self, hidden: Tensor) -> Tensor:
         """Classifier scores from the encoder's last hidden layer."""
@@ -413,12 +459,13 @@ class ReplayVAE(Generator, nn.Module):
         return self.classifier(hidden)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Classifier scores (logits) of ``x``: what Avalanche's metrics see."""
-        return self.classify_hidden(self.encode(x)[0])
+        """Classifier scores (logits) of ``x``: what Avalanche's metrics see (the
+        latent heads ``mu`` / ``logvar`` are not computed)."""
+        return self.classify_hidden(self.hidden(x))
 
     def get_features(self, x: Tensor) -> Tensor:
         """The encoder's last hidden layer (Avalanche ``BaseModel`` interface)."""
-        return self.encode(x)[0]
+        return self.hidden(x)
 
     # -- decoder ------------------------------------------------------------------------
     def decode(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
@@ -427,19 +474,85 @@ class ReplayVAE(Generator, nn.Module):
         out = self._decode_raw(z, context)
         return torch.sigmoid(out) if self.recon_type == "bce" else out
 
-    def _decode_raw(self, z: Tensor, context: Optional[Tensor]) -> Tensor:
-        """The decoder's output before the sigmoid of ``"bce"``."""
+    def _open_units_apply(self, z: Tensor) -> bool:
+        """Whether integer gate contexts are decoded by computing open units only."""
+        mode = self.gate_compute
+        if mode == "auto":
+            return z.device.type == "cpu"
+        return mode == "open"
+
+    def _decode_raw(
+        self, z: Tensor, context: Optional[Tensor], check: bool = True
+    ) -> Tensor:
+        """The decoder's output before the sigmoid of ``"bce"``.
+
+        :param check: check integer contexts against the gates (a host read); the
+            strategy validates its contexts once per experience and passes False.
+        """
         if self.gates is not None and context is None:
             raise ValueError(
                 "the decoder is gated: give the context (class ids for "
                 "gate_by='class', task ids for gate_by='task') of every sample."
             )
+        if self.gates is not None:
+            context = torch.as_tensor(context, device=z.device)
+            hard = not (context.dim() == 2 and context.is_floating_point())
+            if hard and self._open_units_apply(z):
+                context = context.long().flatten()
+                if context.numel() != z.shape[0]:
+                    raise ValueError(
+                        f"`context` has {context.numel()} entries for a batch of "
+                        f"{z.shape[0]}."
+                    )
+                if check:
+                    self.gates.check_context(context)
+                return self._decode_open(z, context)
         h = z
         for i, layer in enumerate(self.decoder):
             h = F.relu(layer(h))
             if self.gates is not None:
-                h = self.gates(h, i, context)
+                h = self.gates(h, i, context, check=check)
         return self.to_x(h)
+
+    def _decode_open(self, z: Tensor, context: Tensor) -> Tensor:
+        """The gated decoder computed on each context's open units only.
+
+        Samples are grouped by context; for a group, layer ``i`` computes only the
+        rows of its weight that the context's mask leaves open, from the columns
+        that the previous layer left open, and the output layer reads only those.
+        A unit gated off is an exact zero in the dense computation (``relu * 0``),
+        and zeros add nothing to the next layer's sums, so the result is the dense
+        one up to float summation order (tested to 1e-6). Reads the group sizes on
+        the host (one small copy per call): used on the CPU, where that is free.
+        """
+        gates = self.gates
+        opens = [gates.open_units(i) for i in range(len(self.decoder))]
+        counts = torch.bincount(context, minlength=gates.n_contexts).tolist()
+        present = [(c, k) for c, k in enumerate(counts) if k]
+        if len(present) == 1:
+            order = None
+            chunks = [z]
+        else:
+            order = torch.argsort(context, stable=True)
+            chunks = list(z.index_select(0, order).split([k for _, k in present]))
+        outs = []
+        for (c, _), h in zip(present, chunks):
+            prev = None
+            for i, layer in enumerate(self.decoder):
+                idx = opens[i][c]
+                w = layer.weight.index_select(0, idx)
+                if prev is not None:
+                    w = w.index_select(1, prev)
+                h = F.relu(F.linear(h, w, layer.bias.index_select(0, idx)))
+                prev = idx
+            outs.append(
+                F.linear(h, self.to_x.weight.index_select(1, prev), self.to_x.bias)
+            )
+        if order is None:
+            return outs[0]
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return torch.cat(outs).index_select(0, inverse)
 
     @staticmethod
     def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -460,6 +573,9 @@ class ReplayVAE(Generator, nn.Module):
         context: Optional[Tensor] = None,
         class_probs: Optional[Tensor] = None,
         gate_classes: Optional[Tensor] = None,
+        *,
+        reconstruction: bool = True,
+        check: bool = True,
     ) -> VAEOutput:
         """One pass through encoder, classifier and decoder, with per-sample losses.
 
@@ -475,42 +591,141 @@ class ReplayVAE(Generator, nn.Module):
         :param gate_classes: class ids that select the ``"class"`` gates instead of
             ``y`` (the prior's mode still follows ``y``); used to reproduce the paper
             code's Task-IL gating of real data by task-relative labels.
+        :param reconstruction: also return the reconstruction ``x_recon`` (False:
+            ``x_recon`` is None; the losses are computed from the decoder's logits
+            either way).
+        :param check: check class and context ids (host reads; see
+            :meth:`evaluate_parts`).
         """
-        if y is not None and class_probs is not None:
-            raise ValueError("give the class ids `y` or `class_probs`, not both.")
+        part = VAEPart(x.shape[0], y, context, class_probs, gate_classes)
+        return self.evaluate_parts(
+            x, [part], reconstruction=reconstruction, check=check
+        )[0]
+
+    def evaluate_parts(
+        self,
+        x: Tensor,
+        parts: Sequence["VAEPart"],
+        *,
+        reconstruction: bool = True,
+        check: bool = True,
+    ) -> List[VAEOutput]:
+        """:meth:`evaluate` of several consecutive parts of a batch in one pass.
+
+        The encoder, classifier and decoder run once over the whole batch ``x``
+        (the parts are consecutive row blocks, in order); the losses of each part
+        use its own class ids, contexts or class probabilities. Mathematically the
+        same as one :meth:`evaluate` per part (gradients agree to float rounding),
+        with fewer, larger matrix products. When some parts select the gates by
+        integer ids and others by class probabilities, the integer ids become
+        one-hot weights (``one_hot @ masks`` is exactly the mask).
+
+        :param x: the concatenated inputs of every part.
+        :param parts: :class:`VAEPart` per row block; their sizes sum to ``len(x)``.
+        :param reconstruction: also return each part's ``x_recon``.
+        :param check: check class and context ids against the prior's modes and
+            the gates (host reads); callers that validated them once pass False
+            so that nothing is copied to the host in their training loop.
+        """
+        sizes = [int(p.n) for p in parts]
+        if sum(sizes) != x.shape[0]:
+            raise ValueError(
+                f"the parts have {sum(sizes)} rows in all but `x` has {x.shape[0]}."
+            )
+        for p in parts:
+            if p.y is not None and p.class_probs is not None:
+                raise ValueError("give the class ids `y` or `class_probs`, not both.")
         hidden, mu, logvar = self.encode(x)
         logits = self.classifier(hidden) if self.classifier is not None else None
         z = self.reparameterize(mu, logvar)
+        if self.gates is None:
+            raw = self._decode_raw(z, None, check=check)
+        else:
+            ctxs = [self._gate_context(p) for p in parts]
+            raw = self._decode_parts(z, ctxs, sizes, check)
+        xf = x.flatten(1)
+        outs = []
+        start = 0
+        for p, n in zip(parts, sizes):
+            sl = slice(start, start + n)
+            start += n
+            raw_p, x_p, mu_p, lv_p, z_p = raw[sl], xf[sl], mu[sl], logvar[sl], z[sl]
+            if self.recon_type == "bce":
+                # from the logits: same value as BCE on the sigmoid, stable when
+                # saturated
+                recon = F.binary_cross_entropy_with_logits(
+                    raw_p, x_p, reduction="none"
+                ).sum(1)
+                x_recon = torch.sigmoid(raw_p) if reconstruction else None
+            else:
+                recon = 0.5 * (raw_p - x_p).pow(2).sum(1)
+                x_recon = raw_p if reconstruction else None
+            if self.conditional:
+                kl = self.prior.kl(mu_p, lv_p, z_p, p.y, p.class_probs, check=check)
+            else:
+                kl = self.prior.kl(mu_p, lv_p, z_p)
+            generation = (recon + kl) / self.input_size
+            outs.append(
+                VAEOutput(
+                    hidden[sl],
+                    None if logits is None else logits[sl],
+                    mu_p,
+                    lv_p,
+                    z_p,
+                    x_recon,
+                    recon,
+                    kl,
+                    generation,
+                )
+            )
+        return outs
+
+    def _gate_context(self, part: "VAEPart") -> Optional[Tensor]:
+        """What selects the gates of a part (see :meth:`evaluate`)."""
         if self.gate_by == "class":
-            gate_ctx = class_probs if class_probs is not None else y
-            if gate_classes is not None:
-                gate_ctx = gate_classes
-        else:
-            gate_ctx = context
-        raw = self._decode_raw(z, gate_ctx)
-        if self.recon_type == "bce":
-            # from the logits: same value as BCE on the sigmoid, stable when saturated
-            x_recon = torch.sigmoid(raw)
-            recon = F.binary_cross_entropy_with_logits(
-                raw, x.flatten(1), reduction="none"
-            ).sum(1)
-        else:
-            x_recon = raw
-            recon = self.reconstruction_loss(x, x_recon)
-        if self.conditional:
-            kl = self.prior.kl(mu, logvar, z, y, class_probs)
-        else:
-            kl = self.prior.kl(mu, logvar, z)
-        generation = (recon + kl) / self.input_size
-        return VAEOutput(hidden, logits, mu, logvar, z, x_recon, recon, kl, generation)
+            if part.gate_classes is not None:
+                return part.gate_classes
+            return part.class_probs if part.class_probs is not None else part.y
+        return part.context
+
+    def _decode_parts(
+        self, z: Tensor, ctxs: List[Optional[Tensor]], sizes: List[int], check: bool
+    ) -> Tensor:
+        """Decode consecutive parts, each with its own gate context."""
+        if any(c is None for c in ctxs):
+            return self._decode_raw(z, None, check=check)  # raises the usual error
+        ctxs = [torch.as_tensor(c, device=z.device) for c in ctxs]
+        soft = [c.dim() == 2 and c.is_floating_point() for c in ctxs]
+        if len(ctxs) == 1:
+            return self._decode_raw(z, ctxs[0], check=check)
+        if not any(soft):
+            return self._decode_raw(
+                z, torch.cat([c.long().flatten() for c in ctxs]), check=check
+            )
+        if all(soft) or not self._open_units_apply(z):
+            n_ctx = self.gates.n_contexts
+            weights = [
+                c.to(z.dtype) if s else F.one_hot(c.long().flatten(), n_ctx).to(z.dtype)
+                for c, s in zip(ctxs, soft)
+            ]
+            return self._decode_raw(z, torch.cat(weights), check=check)
+        # integer parts on their open units, soft parts dense
+        return torch.cat(
+            [
+                self._decode_raw(zp, c, check=check)
+                for zp, c in zip(z.split(sizes), ctxs)
+            ]
+        )
 
     # -- generation ---------------------------------------------------------------------
     @torch.no_grad()
     def sample(
         self,
         n: int,
-        classes: Optional[Sequence[int]] = None,
-        contexts: Optional[Sequence[int]] = None,
+        classes: Union[None, Sequence[int], Tensor] = None,
+        contexts: Union[None, Sequence[int], Tensor] = None,
+        *,
+        check: bool = True,
     ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         """Generate ``n`` flat samples.
 
@@ -519,6 +734,8 @@ class ReplayVAE(Generator, nn.Module):
             gates); None: every mode / gate context.
         :param contexts: tasks to draw uniformly from for ``gate_by="task"`` gates;
             None: every context.
+        :param check: check the classes / contexts against the prior's modes and
+            the gates (host reads); a caller that validated them passes False.
         :return: ``(x, y, t)``: the samples, the class each was generated from (None
             if the generation was not class-conditional) and the task context of the
             gates (None unless ``gate_by="task"``).
@@ -528,7 +745,7 @@ class ReplayVAE(Generator, nn.Module):
         class_gates = self.gates is not None and self.gate_by == "class"
         if self.conditional or class_gates:
             pool = (
-                torch.as_tensor(list(classes), device=device, dtype=torch.long)
+                _long_tensor(classes, device)
                 if classes is not None
                 else torch.arange(
                     self.prior.n_modes if self.conditional else self.gates.n_contexts,
@@ -537,16 +754,26 @@ class ReplayVAE(Generator, nn.Module):
             )
             if pool.numel() == 0:
                 raise ValueError("`classes` is empty: there is no class to generate.")
+            if check and classes is not None:
+                if self.conditional:
+                    self.prior._check_modes(pool)
+                if class_gates:
+                    self.gates.check_context(pool)
             y = pool[torch.randint(pool.numel(), (n,), device=device)]
         if self.gates is not None and self.gate_by == "task":
             pool = (
-                torch.as_tensor(list(contexts), device=device, dtype=torch.long)
+                _long_tensor(contexts, device)
                 if contexts is not None
                 else torch.arange(self.gates.n_contexts, device=device)
             )
+            if pool.numel() == 0:
+                raise ValueError("`contexts` is empty: there is no task to generate.")
+            if check and contexts is not None:
+                self.gates.check_context(pool)
             t = pool[torch.randint(pool.numel(), (n,), device=device)]
-        z = self.prior.sample(n, y if self.conditional else None)
-        x = self.decode(z, y if class_gates else t)
+        z = self.prior.sample(n, y if self.conditional else None, check=False)
+        raw = self._decode_raw(z, y if class_gates else t, check=False)
+        x = torch.sigmoid(raw) if self.recon_type == "bce" else raw
         return x, y, t
 
     @torch.no_grad()
