@@ -403,7 +403,7 @@ def test_bad_input_gives_clear_errors():
         )
     with pytest.raises(ValueError, match="num_classes"):
         MER(model=MultiHeadMLP(D, (8,)), evaluator=_silent())
-    with pytest.warns(UserWarning, match="EWCPlugin"):
+    with pytest.raises(ValueError, match="cannot compose with EWCPlugin"):
         MER(model=model, plugins=[EWCPlugin(1.0)], evaluator=_silent())
     # Task-IL without task labels
     strategy = MER(model=model, scenario="task", evaluator=_silent())

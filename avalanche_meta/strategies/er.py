@@ -17,8 +17,7 @@ after every example. This module also holds the template both strategies share,
 
 from __future__ import annotations
 
-import warnings
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +30,7 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import Tensor, nn
 from torch.optim import SGD, Optimizer
 
+from avalanche_meta.strategies._keywords import KeywordOnlyConstruction
 from avalanche_meta.strategies._memory import ReservoirMemory
 from avalanche_meta.utils.scenario import (
     MASK_VALUE,
@@ -50,7 +50,9 @@ from avalanche_meta.utils.validation import (
 #: Batch conventions (see the module docstring).
 CONVENTIONS = ("paper", "original")
 
-#: Callbacks that per-example replay does not fire (there is no single loss/backward).
+#: The step callbacks: MER never fires them (its update is many single-sample steps
+#: with Reptile interpolations, not one loss/backward/step); ER fires them around
+#: each example's step when a plugin implements one of them.
 UNFIRED_CALLBACKS = (
     "before_forward",
     "after_forward",
@@ -129,7 +131,26 @@ def _default_sgd(model: nn.Module, lr: Optional[float]) -> Tuple[SGD, float]:
     return SGD(model.parameters(), lr=lr), float(lr)
 
 
-class PerExampleReplayTemplate(SupervisedTemplate):
+def step_callback_plugins(plugins: Optional[Sequence[Any]]) -> Dict[str, List[str]]:
+    """``{plugin class name: step callbacks it implements}`` for the plugins that
+    implement any of :data:`UNFIRED_CALLBACKS` (gating plugins, which are told the
+    task labels of every forward pass instead, are left out)."""
+    out: Dict[str, List[str]] = {}
+    for plugin in plugins or ():
+        if callable(getattr(plugin, "set_tasks", None)):
+            continue
+        overridden = [
+            name
+            for name in UNFIRED_CALLBACKS
+            if getattr(type(plugin), name, None)
+            is not getattr(SupervisedPlugin, name, None)
+        ]
+        if overridden:
+            out[type(plugin).__name__] = overridden
+    return out
+
+
+class PerExampleReplayTemplate(KeywordOnlyConstruction, SupervisedTemplate):
     """A ``SupervisedTemplate`` that learns each mini-batch example by example.
 
     For every example of a mini-batch, in order: record its class (and task) in
@@ -153,10 +174,31 @@ class PerExampleReplayTemplate(SupervisedTemplate):
     Callbacks: ``before/after_training_iteration`` fire once per mini-batch (with
     ``mb_output`` the masked logits of the mini-batch after its update and ``loss``
     their cross-entropy, computed without gradient, as Avalanche's MER does), as do
-    the experience/epoch/eval callbacks. ``before/after_forward``, ``backward`` and
-    ``update`` do not fire: the update is many single-sample steps, not one loss.
-    Plugins that rely on them (EWC, SI, LwF, ...) therefore have no effect; a
-    ``UserWarning`` names any plugin that implements them.
+    the experience/epoch/eval callbacks. The step callbacks
+    (``before/after_forward``, ``backward``, ``update``) are the subclass's choice
+    (:attr:`FIRES_STEP_CALLBACKS`): ER fires them around each example's step (so
+    EWC, SI, LwF compose with it); MER cannot (its update is many single-sample
+    steps with Reptile interpolations), so a plugin that implements them is refused
+    at construction with the reason. Gating plugins (XdG) are told the task labels
+    of every forward pass instead (:meth:`_raw_logits`). Avalanche's
+    ``ReplayPlugin`` composes: its replayed samples arrive in the mini-batches and
+    are learned (and enter the reservoir) like incoming ones.
+
+    Construction is keyword-only: positional arguments and unknown keywords raise
+    :class:`~avalanche_meta.strategies._keywords.StrategyArgumentError` naming them
+    (and the close matches).
+
+    Task-IL (``scenario="task"``) needs a distinct task label per task: an
+    experience whose task label an earlier experience used (a benchmark without task
+    labels, where every experience is task 0) raises a ``ValueError`` naming the fix
+    (:func:`~avalanche_meta.utils.scenario.check_distinct_task_labels`). Mini-batches
+    of only ``(x, y)`` get task label 0 in Class-IL and Domain-IL and are refused in
+    Task-IL. Inputs of any floating dtype (e.g. float64) are cast to the model's
+    dtype on every path (:func:`~avalanche_meta.utils.scenario.cast_inputs`).
+
+    Devices: every tensor (memory, masks, flat parameters, replay batches) lives on
+    ``device``; the reservoir's random draws use a CPU generator (bit-identical
+    across devices) and only their indices are copied to the device.
 
     :param model: any classifier ``model(x) -> logits`` (or an Avalanche
         ``MultiTaskModule``).
@@ -176,6 +218,9 @@ class PerExampleReplayTemplate(SupervisedTemplate):
     :param criterion: only ``nn.CrossEntropyLoss()`` with default settings is
         accepted (the loss is computed by the strategy).
     """
+
+    #: fire the step callbacks around each example's update (see the class docstring)
+    FIRES_STEP_CALLBACKS = False
 
     def __init__(
         self,
@@ -223,23 +268,17 @@ class PerExampleReplayTemplate(SupervisedTemplate):
                 "`num_classes` is required with a multi-head (MultiTaskModule) model: "
                 "give the total number of classes of the benchmark."
             )
-        for plugin in plugins or ():
-            if callable(getattr(plugin, "set_tasks", None)):
-                continue  # a gating plugin (XdG): told the task labels per forward
-            overridden = [
-                name
-                for name in UNFIRED_CALLBACKS
-                if getattr(type(plugin), name, None)
-                is not getattr(SupervisedPlugin, name, None)
-            ]
-            if overridden:
-                warnings.warn(
-                    f"{type(self).__name__} does not fire {', '.join(overridden)}: "
-                    f"plugin {type(plugin).__name__} will not see them (its "
-                    "regularisation or update hooks have no effect).",
-                    UserWarning,
-                    stacklevel=3,
-                )
+        step_plugins = step_callback_plugins(plugins)
+        if step_plugins and not self.FIRES_STEP_CALLBACKS:
+            name, hooks = next(iter(step_plugins.items()))
+            raise ValueError(
+                f"{type(self).__name__} cannot compose with {name}: it hooks "
+                f"{', '.join(hooks)}, but {type(self).__name__}'s update is "
+                "many single-sample SGD steps with Reptile interpolations, not one "
+                "loss, backward and optimizer step, so those callbacks never fire "
+                f"and {name} would have no effect. Use ER (which fires them around "
+                "each example's step) or leave the plugin out."
+            )
         super().__init__(
             model=model,
             optimizer=optimizer,
@@ -270,6 +309,8 @@ class PerExampleReplayTemplate(SupervisedTemplate):
         self._gating_plugins = [
             p for p in self.plugins if callable(getattr(p, "set_tasks", None))
         ]
+        #: fire the step callbacks (a plugin implements one; FIRES_STEP_CALLBACKS)
+        self._fire_step_callbacks = bool(step_plugins) and self.FIRES_STEP_CALLBACKS
         if num_classes is not None:
             self._make_active_units(num_classes)
 
@@ -589,15 +630,46 @@ class ER(PerExampleReplayTemplate):
             **kwargs,
         )
 
+    FIRES_STEP_CALLBACKS = True
+
     def learn_example(self, x: Tensor, y: Tensor, t: Tensor) -> None:
+        """One optimizer step on the replay batch of ``(x, y, t)``.
+
+        With a plugin that implements a step callback (EWC, SI, LwF, ...), the
+        step runs as Avalanche's ``training_epoch`` runs one: ``mbatch`` is the
+        replay batch while ``before/after_forward``, ``before/after_backward``
+        (where plugins add their penalties to ``loss``) and
+        ``before/after_update`` fire; then the mini-batch is restored. The loss
+        is checked before the backward pass (one host sync per example).
+        """
         position = "last" if self.convention == "original" else "first"
         xb, yb, tb, _ = self.replay_batch(x[0], y[0], t[0], 1, position)
         xb, yb, tb = xb[0], yb[0], tb[0]
-        self.optimizer.zero_grad()
-        loss = F.cross_entropy(self.logits(xb, tb), yb)
-        check_finite_loss(loss, "ER (replay batch)")
-        loss.backward()
-        self.optimizer.step()
+        if not self._fire_step_callbacks:
+            self.optimizer.zero_grad()
+            loss = F.cross_entropy(self.logits(xb, tb), yb)
+            check_finite_loss(loss, "ER (replay batch)")
+            loss.backward()
+            self.optimizer.step()
+            return
+        saved, saved_output = self.mbatch, self.mb_output
+        self.mbatch = [xb, yb, tb]
+        try:
+            self.optimizer.zero_grad()
+            self.loss = self._make_empty_loss()
+            self._before_forward()
+            self.mb_output = self.logits(xb, tb)
+            self._after_forward()
+            self.loss += F.cross_entropy(self.mb_output, yb)
+            self._before_backward()
+            check_finite_loss(self.loss, "ER (replay batch, with the plugins' terms)")
+            self.backward()
+            self._after_backward()
+            self._before_update()
+            self.optimizer_step()
+            self._after_update()
+        finally:
+            self.mbatch, self.mb_output = saved, saved_output
 
 
 __all__ = ["ER", "PerExampleReplayTemplate"]

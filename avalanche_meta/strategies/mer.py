@@ -125,9 +125,20 @@ class MER(PerExampleReplayTemplate):
     arithmetic (see the module docstring). Single-sample steps use the model in train mode: BatchNorm cannot
     work on one sample (as in the paper, use models without it).
 
-    Callbacks: see :class:`~avalanche_meta.strategies.er.PerExampleReplayTemplate`
+    Callbacks and plugins: see
+    :class:`~avalanche_meta.strategies.er.PerExampleReplayTemplate`
     (``before/after_training_iteration`` per mini-batch; no forward/backward/update
-    callbacks, with a warning for plugins that implement them).
+    callbacks: a plugin that implements them, such as ``EWCPlugin`` or
+    ``LwFPlugin``, is refused at construction with the reason; ``ReplayPlugin``
+    composes; XdG is told the task labels of every forward pass, and then the
+    autograd inner loop runs, since the compiled loops would bypass its hooks).
+
+    GPU: the TorchScript and autograd inner loops read nothing back to the host
+    per batch (labels enter as a one-hot matrix on the device, masks are built
+    without boolean indexing); a non-finite loss is detected once per incoming
+    example (see :meth:`sgd_steps`), the parameters restored to before the
+    example and :class:`~avalanche_meta.utils.validation.NonFiniteLossError`
+    raised. The native C kernel is CPU-only and checks every loss.
 
     :param model: any classifier, or an Avalanche ``MultiTaskModule``.
     :param optimizer: ``None`` (default): a plain ``SGD(model.parameters(), lr)`` is
@@ -442,7 +453,9 @@ class MER(PerExampleReplayTemplate):
                 if scales[j] != 1.0:
                     loss = loss * scales[j]
                 bad = ~torch.isfinite(loss.detach())
-                self._loss_flag = bad if self._loss_flag is None else self._loss_flag | bad
+                self._loss_flag = (
+                    bad if self._loss_flag is None else self._loss_flag | bad
+                )
                 loss.backward()
             flat.flat.add_(flat.flat_grad, alpha=-self.lr)
 

@@ -106,6 +106,8 @@ from avalanche_meta.models.calibration import (
     output_layer,
     remove_from_optimizer,
 )
+from avalanche_meta.strategies._keywords import KeywordOnlyConstruction
+from avalanche_meta.strategies.er import step_callback_plugins
 from avalanche_meta.utils.quiet_import import import_learn2learn
 from avalanche_meta.utils.scenario import (
     ActiveUnits,
@@ -190,7 +192,7 @@ def _clip(
     return [None if g is None else g * factor for g in grads]
 
 
-class NeuronCalibration(SupervisedTemplate):
+class NeuronCalibration(KeywordOnlyConstruction, SupervisedTemplate):
     """NCCL: bi-level online continual learning with calibrated neurons.
 
     :param model: a plain model (it is calibrated here with ``wcm``/``fcm``/
@@ -301,6 +303,17 @@ class NeuronCalibration(SupervisedTemplate):
             )
         if second_order:
             self._check_plain_sgd(optimizer)
+            step_plugins = step_callback_plugins(plugins)
+            if step_plugins:
+                name, hooks = next(iter(step_plugins.items()))
+                raise ValueError(
+                    f"NeuronCalibration(second_order=True) cannot compose with "
+                    f"{name}: it hooks {', '.join(hooks)}, but from the second task "
+                    "on the inner steps run functionally on a learn2learn clone, "
+                    "where those callbacks do not fire, so the plugin would have no "
+                    "effect there. Use second_order=False (every inner step fires "
+                    "them) or leave the plugin out."
+                )
         if not is_calibrated(model):
             if calibration == "temperature":
                 calibrate(
