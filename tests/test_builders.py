@@ -50,7 +50,7 @@ def test_bir_family_trains_with_fused_adam():
 
 
 def test_bir_adam_falls_back_with_the_reason_logged(monkeypatch, caplog):
-    from avalanche_meta.cli.methods import bir as bir_builders
+    from avalanche_meta.experiments.builders import bir as bir_builders
 
     params = [torch.nn.Parameter(torch.zeros(3))]
     with caplog.at_level(logging.DEBUG, logger=bir_builders.__name__):

@@ -231,9 +231,9 @@ def test_python_dash_m_list():
 
 
 def test_baselines_reproduction_writes_its_section(tmp_path, monkeypatch, capsys):
-    from avalanche_meta.cli.methods import avalanche_builtin
+    from avalanche_meta.experiments.tables import baselines
 
-    monkeypatch.setattr(avalanche_builtin, "BASELINES", ("naive", "joint"))
+    monkeypatch.setattr(baselines, "BASELINES", ("naive", "joint"))
     results = tmp_path / "RESULTS.md"
     monkeypatch.setenv("AVALANCHE_META_RESULTS", str(results))
     argv = ["reproduce", "baselines-split-digits", "--quick", "--seeds", "1"]

@@ -1,7 +1,10 @@
-"""The command line (``avalanche-meta``): run, compare, reproduce, bench, list.
+"""The command line (``avalanche-meta``): run, compare, reproduce, bench, list, store.
 
-The only layer that knows every part of the package: the registries of strategies,
-benchmarks, reproductions and benches (:mod:`avalanche_meta.cli.registry`), the
-experiment runner (:mod:`avalanche_meta.cli.runner`), plots and the argument parser
-(:mod:`avalanche_meta.cli.main`). Strategies and plugins never import it.
+A thin layer: :mod:`avalanche_meta.cli.main` parses the arguments, calls the
+experiments layer (:mod:`avalanche_meta.experiments`: registries, builders, the
+papers' tables, benches, the runner, the run store and executors) and prints.
+Strategies and plugins never import it. The modules ``cli.registry``,
+``cli.context``, ``cli.runner``, ``cli.results_doc``, ``cli.plots``,
+``cli.bench_sweep`` and ``cli.methods.*`` are the old names of experiments modules,
+kept importable.
 """

@@ -14,6 +14,20 @@ Examples::
     avalanche-meta store list
     avalanche-meta store merge other-machine/runs/store runs/store
 
+The command line is a thin layer over :mod:`avalanche_meta.experiments`: it parses
+arguments, calls the experiments layer and prints.
+
+- ``run`` without ``--out`` writes the run into the run store under its
+  configuration's key (``--store``, default ``$AVALANCHE_META_STORE`` else
+  ``runs/store``), in this process; if the store already holds that configuration,
+  nothing runs and its stored results are printed. With ``--out DIR`` the run goes
+  to ``DIR`` and always runs (no store), as before the store existed.
+- ``compare`` and ``reproduce`` run their runs as one sweep through the store and
+  the chosen executor (``--executor local|processes|ray``, ``--workers``), with one
+  progress bar over the runs; a reproduction declares its runs
+  (:mod:`avalanche_meta.experiments.reproduction`), so they run in parallel too.
+  ``--device`` and ``--gpus-per-run`` reach every run (Ray: ``num_gpus``).
+
 A strategy's hyper-parameters (its registered ``params``) become ``run`` flags
 (underscores turned into dashes); since they depend on the strategy, ``run`` parses
 in two stages: the strategy name first, then a parser built for that strategy.
@@ -40,8 +54,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from avalanche_meta.cli import registry
-from avalanche_meta.cli.runner import (
+from avalanche_meta.experiments import registry
+from avalanche_meta.experiments.runner import (
     MissingRunError,
     RunFailedError,
     UsageError,
@@ -50,6 +64,7 @@ from avalanche_meta.cli.runner import (
     parse_bool,
     parse_literal,
     run_experiment,
+    run_in_store,
 )
 
 PROG = "avalanche-meta"
@@ -124,16 +139,17 @@ def _add_bench_opt(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_execution_options(p: argparse.ArgumentParser, one_at_a_time: bool) -> None:
+def _add_execution_options(p: argparse.ArgumentParser, reproduction: bool) -> None:
     """``--store``, ``--executor`` and their options (``compare``, ``reproduce``)."""
     from avalanche_meta.experiments.executors import EXECUTORS
 
     g = p.add_argument_group(
         "runs and where they execute"
         + (
-            " (a reproduction asks for its runs one at a time, so they execute one "
-            "at a time whatever the executor)"
-            if one_at_a_time
+            " (a reproduction declares its runs and they execute as one sweep, in "
+            "parallel with processes or ray; the few-shot reproductions still run "
+            "in this process)"
+            if reproduction
             else ""
         )
     )
@@ -279,7 +295,16 @@ def build_run_parser(spec: registry.StrategySpec) -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         default=None,
-        help="run folder (default: runs/<strategy>-<benchmark>-<scenario>-s<seed>)",
+        help="run folder: the run goes there, whatever it holds (default: the run "
+        "store, see --store)",
+    )
+    p.add_argument(
+        "--store",
+        default=None,
+        help="without --out, the run goes to this run store under its "
+        "configuration's key, and a run the store already holds is not redone (its "
+        "results are printed; use --out to run it again) (default: "
+        "$AVALANCHE_META_STORE, else runs/store)",
     )
     p.add_argument(
         "--preset",
@@ -398,13 +423,10 @@ def cmd_run(argv: List[str]) -> int:
         if hasattr(args, "hp_" + name)
     }
     _set_threads(args.threads)
-    res = run_experiment(
-        spec.name,
-        args.benchmark,
+    kwargs: Dict[str, Any] = dict(
         scenario=args.scenario,
         seed=args.seed,
         data_root=args.data_root,
-        out_dir=args.out,
         device=args.device,
         hparams=hp,
         preset=args.preset,
@@ -417,10 +439,22 @@ def cmd_run(argv: List[str]) -> int:
         command=shlex.join([PROG, "run", *argv]),
         save_model=args.save_model,
     )
+    reused = False
+    if args.out is not None:
+        res = run_experiment(spec.name, args.benchmark, out_dir=args.out, **kwargs)
+    else:
+        res, reused = run_in_store(
+            spec.name, args.benchmark, store=_store_of(args), **kwargs
+        )
     print(format_summary(res))
     for plot in res.get("plots", []):
         print(f"plot: {plot}")
     print(f"results: {res['results_path']}")
+    if reused:
+        print(
+            "taken from the run store (this configuration had run before; use --out "
+            "DIR to run it again)"
+        )
     return 0
 
 
@@ -518,7 +552,7 @@ def _lookup(table: Mapping[str, Any], name: str, what: str):
 
 
 def cmd_reproduce(args: argparse.Namespace, argv: List[str]) -> int:
-    from avalanche_meta.cli.context import ReproContext
+    from avalanche_meta.experiments.context import ReproContext
 
     spec = _lookup(registry.REPRODUCTIONS, args.name, "reproduction")
     _set_threads(args.threads)
@@ -550,13 +584,26 @@ def cmd_reproduce(args: argparse.Namespace, argv: List[str]) -> int:
         retries=args.retries,
         execute=not args.no_run,
     )
-    with executor:
-        spec.run(ctx)
+    try:
+        with executor:
+            spec.run(ctx)
+    except BaseException:
+        # bad input or Ctrl-C: do not wait for the workers (finished runs are kept)
+        getattr(executor, "terminate", executor.close)()
+        raise
+    executed = sum(len(r.executed) for r in ctx.sweeps)
+    reused = sum(len(r.reused) for r in ctx.sweeps)
+    failed = sorted({k for r in ctx.sweeps for k in r.errors})
+    if ctx.sweeps:
+        print(
+            f"runs: {executed} executed, {reused} taken from the store {store.root}"
+            + (f", {len(failed)} failed after their retries" if failed else "")
+        )
     print(
         f"reproduction {spec.name} finished; runs in the store {store.root}, "
         f"other outputs in {args.out}"
     )
-    return 0
+    return 1 if failed else 0
 
 
 def format_table(result: Any) -> str:
@@ -595,7 +642,7 @@ def _cell(v: Any) -> str:
 
 
 def cmd_bench(args: argparse.Namespace, argv: List[str]) -> int:
-    from avalanche_meta.cli.context import BenchContext
+    from avalanche_meta.experiments.context import BenchContext
 
     spec = _lookup(registry.BENCHES, args.name, "bench")
     _set_threads(args.threads)
@@ -742,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-model", action="store_true", help="each run writes model.pt too"
     )
     _add_threads(c)
-    _add_execution_options(c, one_at_a_time=False)
+    _add_execution_options(c, reproduction=False)
     c.set_defaults(func=cmd_compare)
 
     r = sub.add_parser(
@@ -765,7 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(r)
     r.add_argument("--out", default="runs", help="where other outputs go")
     _add_threads(r)
-    _add_execution_options(r, one_at_a_time=True)
+    _add_execution_options(r, reproduction=True)
     r.set_defaults(func=cmd_reproduce)
 
     b = sub.add_parser(

@@ -138,7 +138,7 @@ def resolve_run_config(
     initial_eval: bool = True,
 ) -> RunConfig:
     """The canonical :class:`RunConfig` of a registered strategy on a registered
-    benchmark (arguments as in :func:`avalanche_meta.cli.runner.run_experiment`).
+    benchmark (arguments as in :func:`avalanche_meta.experiments.runner.run_experiment`).
 
     The scenario is resolved (None: the benchmark's default) and checked, the
     hyper-parameters are the strategy's defaults updated by the preset, then by
@@ -148,7 +148,7 @@ def resolve_run_config(
     :raises UsageError: unknown names, unsupported scenario, bad hyper-parameters or
         benchmark options, a bad seed.
     """
-    from avalanche_meta.cli.runner import (
+    from avalanche_meta.experiments.runner import (
         UsageError,
         check_benchmark_options,
         get_benchmark_spec,

@@ -63,8 +63,8 @@ def default_runner(
     config: RunConfig, out_dir: Path, settings: RunSettings
 ) -> Dict[str, Any]:
     """Run a registered strategy on a registered benchmark
-    (:func:`avalanche_meta.cli.runner.run_experiment`)."""
-    from avalanche_meta.cli.runner import run_experiment
+    (:func:`avalanche_meta.experiments.runner.run_experiment`)."""
+    from avalanche_meta.experiments.runner import run_experiment
 
     known = {k: v for k, v in config.options.items() if k in ("initial_eval",)}
     return run_experiment(
@@ -303,8 +303,8 @@ class LocalExecutor(Executor):
 def _init_worker(threads: Optional[int], preload: bool) -> None:
     set_threads(threads)
     if preload:
-        from avalanche_meta.cli import registry
-        from avalanche_meta.cli.runner import run_experiment  # noqa: F401
+        from avalanche_meta.experiments import registry
+        from avalanche_meta.experiments.runner import run_experiment  # noqa: F401
 
         registry.load_all()
 

@@ -1,8 +1,12 @@
-"""Registries of strategies, benchmarks, reproductions and benches for the command line.
+"""Registries of strategies, benchmarks, reproductions and benches.
 
-Each method registers its entries from its own module in :mod:`avalanche_meta.cli.methods`;
-:func:`load_all` imports them. Only the command line uses these registries: strategies
-and plugins are plain classes that do not know about them.
+Entries are registered by the modules of the experiments layer: strategy and
+benchmark builders in :mod:`avalanche_meta.experiments.builders`, reproductions
+(tables) in :mod:`avalanche_meta.experiments.tables`, benches in
+:mod:`avalanche_meta.experiments.benches`; :func:`load_all` imports them. The command
+line (:mod:`avalanche_meta.cli`) and the runner look names up here; strategies and
+plugins are plain classes that do not know about these registries.
+(``avalanche_meta.cli.registry`` is this module under its old name.)
 """
 
 from __future__ import annotations
@@ -11,19 +15,32 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-#: Modules of :mod:`avalanche_meta.cli.methods` that register entries.
+#: Modules that register strategies and benchmarks (builders, presets).
 METHOD_MODULES = (
-    "avalanche_meta.cli.methods.benchmarks",
-    "avalanche_meta.cli.methods.avalanche_builtin",
-    "avalanche_meta.cli.methods.mer",
-    "avalanche_meta.cli.methods.fewshot",
-    "avalanche_meta.cli.methods.bir",
-    "avalanche_meta.cli.methods.nccl",
+    "avalanche_meta.experiments.builders.benchmarks",
+    "avalanche_meta.experiments.builders.avalanche_builtin",
+    "avalanche_meta.experiments.builders.mer",
+    "avalanche_meta.experiments.builders.fewshot",
+    "avalanche_meta.experiments.builders.bir",
+    "avalanche_meta.experiments.builders.nccl",
 )
 
-#: Other modules that register entries (benches of the command line itself).
+#: Modules that register reproductions (the papers' tables).
+TABLE_MODULES = (
+    "avalanche_meta.experiments.tables.baselines",
+    "avalanche_meta.experiments.tables.mer",
+    "avalanche_meta.experiments.tables.fewshot",
+    "avalanche_meta.experiments.tables.bir",
+    "avalanche_meta.experiments.tables.nccl",
+)
+
+#: Modules that register benches.
 OTHER_MODULES = (
-    "avalanche_meta.cli.bench_sweep",
+    "avalanche_meta.experiments.benches.mer_data",
+    "avalanche_meta.experiments.benches.mer",
+    "avalanche_meta.experiments.benches.maml",
+    "avalanche_meta.experiments.benches.nccl",
+    "avalanche_meta.experiments.benches.sweep",
     "avalanche_meta.experiments.benches.bir",
 )
 
@@ -183,6 +200,6 @@ def load_all() -> None:
     global _loaded
     if _loaded:
         return
-    for mod in METHOD_MODULES + OTHER_MODULES:
+    for mod in METHOD_MODULES + TABLE_MODULES + OTHER_MODULES:
         importlib.import_module(mod)
     _loaded = True

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from avalanche_meta.cli import registry
+from avalanche_meta.experiments import registry
 
 # torch, numpy, Avalanche and the metrics are imported where they are used, so that
 # importing this module (and starting the command line) is cheap: ``compare
@@ -375,7 +375,7 @@ def run_experiment(
     """
     import torch
 
-    from avalanche_meta.cli.context import RunContext
+    from avalanche_meta.experiments.context import RunContext
     from avalanche_meta.evaluation.metrics import continual_metrics
 
     s_spec = get_strategy_spec(strategy)
@@ -535,7 +535,10 @@ def run_experiment(
         "out_dir": str(out),
     }
     if plots:
-        from avalanche_meta.cli.plots import plot_accuracy_matrix, plot_task_curves
+        from avalanche_meta.experiments.plots import (
+            plot_accuracy_matrix,
+            plot_task_curves,
+        )
 
         title = f"{strategy} on {benchmark} ({scenario}-IL, seed {seed})"
         results["plots"] = [
@@ -689,6 +692,50 @@ def run_stored(
     if kwargs.get("out_dir") is not None:
         _link(Path(kwargs["out_dir"]), Path(res["out_dir"]))
     return res
+
+
+def run_in_store(strategy: str, benchmark: str, *, store, **kwargs: Any) -> tuple:
+    """:func:`run_experiment` into a run store, in this process: the stored results
+    if the store holds this configuration, else the run, written to the store under
+    its key (atomically; what ``avalanche-meta run`` without ``--out`` does).
+
+    Unlike :func:`run_stored`, nothing is retried and the run's own error is raised
+    unchanged (a bad argument stays a ``ValueError``, a NaN loss a
+    ``NonFiniteLossError``).
+
+    :param store: a :class:`~avalanche_meta.experiments.store.RunStore` or folder.
+    :param kwargs: those of :func:`run_experiment` but ``out_dir``.
+    :return: ``(results, reused)``; ``reused`` is True when the store held the run.
+    """
+    import shutil
+
+    from avalanche_meta.experiments import RunStore, resolve_run_config
+
+    unknown = set(kwargs) - set(_CONFIG_ARGS) - set(_SETTING_ARGS)
+    if unknown:
+        raise TypeError(
+            f"run_in_store() got unexpected keyword argument(s): {sorted(unknown)}"
+        )
+    config = resolve_run_config(
+        strategy, benchmark, **{k: kwargs[k] for k in _CONFIG_ARGS if k in kwargs}
+    )
+    store = store if isinstance(store, RunStore) else RunStore(store)
+    res = store.load(config)
+    if res is not None:
+        return res, True
+    store.root.mkdir(parents=True, exist_ok=True)
+    store.clean_stale()
+    marker = store.mark_running(config)
+    tmp = store.new_tmp(config)
+    try:
+        results = run_experiment(strategy, benchmark, out_dir=tmp, **kwargs)
+        store.commit(config, tmp, results)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        store.unmark_running(marker)
+    return store.load(config), False
 
 
 def compare_experiments(
@@ -900,7 +947,7 @@ def compare_experiments(
     result["table"] = comparison_table(summary, markdown=False)
     result["out_dir"] = str(out)
     if plots and runs:
-        from avalanche_meta.cli.plots import plot_comparison
+        from avalanche_meta.experiments.plots import plot_comparison
 
         result["plot"] = str(
             plot_comparison(

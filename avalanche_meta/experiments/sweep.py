@@ -50,6 +50,8 @@ class SweepResult:
     :param reused: keys of the runs the store already held.
     :param interrupted: the sweep was stopped (Ctrl-C) before the end.
     :param seconds: wall-clock time of the call.
+    :param labels: text naming a run in log lines and :meth:`missing_lines`, by key
+        (None or absent: :meth:`RunConfig.label`).
     """
 
     configs: List[RunConfig]
@@ -59,6 +61,12 @@ class SweepResult:
     reused: List[str] = field(default_factory=list)
     interrupted: bool = False
     seconds: float = 0.0
+    labels: Dict[str, str] = field(default_factory=dict)
+
+    def label(self, config: RunConfig) -> str:
+        """How log lines name ``config``: its label in :attr:`labels`, else
+        :meth:`RunConfig.label`."""
+        return self.labels.get(config.key) or config.label()
 
     def get(self, config: RunConfig) -> Optional[Dict[str, Any]]:
         """``config``'s results, or None if the run is missing."""
@@ -72,7 +80,7 @@ class SweepResult:
     def missing_lines(self) -> List[str]:
         """One line per missing run: its label and its error, or "not run"."""
         return [
-            f"{c.label()}: "
+            f"{self.label(c)}: "
             + (f"failed: {self.errors[c.key]}" if c.key in self.errors else "not run")
             for c in self.missing
         ]
@@ -114,6 +122,7 @@ def run_sweep(
     execute: bool = True,
     progress: Optional[bool] = None,
     log: Optional[Callable[[str], None]] = _say,
+    labels: Optional[Dict[str, str]] = None,
 ) -> SweepResult:
     """Execute the runs of ``configs`` the store lacks, then gather all of them.
 
@@ -134,6 +143,8 @@ def run_sweep(
     :param progress: one progress bar over the runs (None: when stderr is a
         terminal).
     :param log: called with one line per finished, retried or failed run.
+    :param labels: how log lines name each run, by key (default:
+        :meth:`RunConfig.label`; e.g. a table's row label).
     :return: the :class:`SweepResult`. On Ctrl-C the finished runs are in the store
         and :class:`KeyboardInterrupt` is raised.
     """
@@ -142,7 +153,7 @@ def run_sweep(
     t0 = time.perf_counter()
     store = store if isinstance(store, RunStore) else RunStore(store)
     configs = _unique(configs)
-    result = SweepResult(configs=configs)
+    result = SweepResult(configs=configs, labels=dict(labels or {}))
     pending: List[RunConfig] = []
     for c in configs:
         res = store.load(c)
@@ -217,10 +228,10 @@ def run_sweep(
                     result.reused.append(key)
                 else:
                     result.executed.append(key)
-                say(f"{ev.job.config.label()}: {_describe(ev.summary)}")
+                say(f"{result.label(ev.job.config)}: {_describe(ev.summary)}")
             elif ev.kind == "retry":
                 say(
-                    f"{ev.job.config.label()}: attempt {ev.job.attempt} failed "
+                    f"{result.label(ev.job.config)}: attempt {ev.job.attempt} failed "
                     f"({ev.error}); retrying"
                 )
             elif ev.kind == "fail":
@@ -228,7 +239,7 @@ def run_sweep(
                 bar.update(1)
                 result.errors[ev.job.config.key] = ev.error
                 say(
-                    f"{ev.job.config.label()}: FAILED after "
+                    f"{result.label(ev.job.config)}: FAILED after "
                     f"{ev.job.attempt} attempt(s): {ev.error}"
                 )
             show(ev.running)

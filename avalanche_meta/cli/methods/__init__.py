@@ -1,2 +1,3 @@
-"""Command-line wiring of each method: one module per method registers its
-strategies, reproductions and benches (see :mod:`avalanche_meta.cli.registry`)."""
+"""Old home of the strategy builders, reproductions and benches, which now live in
+:mod:`avalanche_meta.experiments` (``builders``, ``tables``, ``benches``); each
+module here re-exports the names of the modules that replaced it."""

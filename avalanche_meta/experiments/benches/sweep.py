@@ -1,6 +1,6 @@
 """``avalanche-meta bench sweep``: the same comparison through each executor.
 
-Registered by :func:`avalanche_meta.cli.registry.load_all`.
+Registered by :func:`avalanche_meta.experiments.registry.load_all`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from avalanche_meta.cli.context import BenchContext
-from avalanche_meta.cli.registry import register_bench
+from avalanche_meta.experiments.context import BenchContext
+from avalanche_meta.experiments.registry import register_bench
 
 #: The results.json fields that must be equal run for run across executors.
 METRICS = (
@@ -97,7 +97,7 @@ def bench_sweep(ctx: BenchContext) -> Dict[str, Dict[str, Any]]:
     2 seeds, 1 epoch, 16 hidden units (a check that it works, not a measurement).
     ``ctx.extra["executors"]`` may restrict the executors (local always runs).
     """
-    from avalanche_meta.cli.results_doc import provenance, write_section
+    from avalanche_meta.experiments.results_doc import provenance, write_section
 
     plan = QUICK if ctx.quick else FULL
     root = Path(ctx.out_dir) / "bench-sweep" / time.strftime("%Y%m%d-%H%M%S")

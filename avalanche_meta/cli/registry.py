@@ -1,0 +1,11 @@
+"""Moved to :mod:`avalanche_meta.experiments.registry`; this name stays importable.
+
+``avalanche_meta.cli.registry`` *is* that module (the same module object), so its
+names, its state and patches made through either name are shared.
+"""
+
+import sys
+
+from avalanche_meta.experiments import registry as _impl
+
+sys.modules[__name__] = _impl

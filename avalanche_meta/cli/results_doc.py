@@ -1,0 +1,11 @@
+"""Moved to :mod:`avalanche_meta.experiments.results_doc`; this name stays importable.
+
+``avalanche_meta.cli.results_doc`` *is* that module (the same module object), so its
+names, its state and patches made through either name are shared.
+"""
+
+import sys
+
+from avalanche_meta.experiments import results_doc as _impl
+
+sys.modules[__name__] = _impl

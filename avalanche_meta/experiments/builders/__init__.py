@@ -1,0 +1,3 @@
+"""Strategy and benchmark builders, presets and the papers' hyper-parameters, one
+module per method; importing a module registers its entries
+(:mod:`avalanche_meta.experiments.registry`)."""
