@@ -744,3 +744,284 @@ def test_fewshot_metric_continue_adam_uses_and_keeps_the_strategy_adam():
     )
     with pytest.raises(ValueError, match="continue_adam=False"):
         sgd.eval(bm.test_stream)
+
+
+# ------------------------------------------------ few-shot as a tool (issue 12)
+def feature_blobs(n_classes=12, per_class=10, dim=16, seed=0):
+    """Classes around fixed random centres (the same centres for every seed)."""
+    centres = 3 * torch.randn(
+        n_classes, dim, generator=torch.Generator().manual_seed(7)
+    )
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n_classes).repeat_interleave(per_class)
+    return centres[y] + 0.5 * torch.randn(len(y), dim, generator=g), y
+
+
+def omniglot_fc(out):
+    from avalanche_meta.utils.quiet_import import import_learn2learn
+
+    return import_learn2learn().vision.models.OmniglotFC(
+        input_size=16, output_size=out, sizes=[32, 32]
+    )
+
+
+def build_trained(name, evaluator):
+    """A strategy trained a little on the first 8 classes of ``feature_blobs``."""
+    from avalanche_meta.evaluation.fewshot import FewShotEval, FewShotRule
+
+    torch.manual_seed(0)
+    rule = {
+        "maml": FewShotRule(inner_lr=0.4, inner_steps=5),
+        "fomaml": FewShotRule(inner_lr=0.4, inner_steps=5),
+        "reptile": FewShotRule(inner_lr=0.01, inner_steps=10, optimizer="adam"),
+        "transfer": FewShotRule(inner_lr=0.1, inner_steps=20),
+    }[name]
+    fe = FewShotEval(ways=3, shots=1, query_shots=4, num_tasks=3, rule=rule)
+    common = dict(fewshot_eval=fe, evaluator=evaluator)
+    meta = dict(ways=3, meta_batch_size=2, meta_iterations=4, **common)
+    if name == "maml":
+        s = MAML(model=omniglot_fc(3), **meta)
+    elif name == "fomaml":
+        s = FOMAML(model=omniglot_fc(3), **meta)
+    elif name == "reptile":
+        s = Reptile(model=omniglot_fc(3), shots=3, inner_lr=0.01, **meta)
+    else:
+        s = TransferLearning(model=omniglot_fc(8), train_epochs=2, **common)
+    x, y = feature_blobs()
+    train = y < 8
+    xt, yt = feature_blobs(seed=1)
+    test = yt >= 8
+    bm = make_benchmark(x[train], y[train], xt[test], yt[test])
+    s.train(bm.train_stream[0])
+    return s, bm
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "transfer"])
+def test_saved_model_adapts_to_a_users_task_as_the_strategy_evaluates(name, tmp_path):
+    from avalanche.core import SupervisedPlugin
+
+    from avalanche_meta import fewshot
+
+    class Record(SupervisedPlugin):
+        seen = []
+
+        def after_eval_iteration(self, strategy, **kwargs):
+            self.seen.append((strategy.eval_task, strategy.mb_output.clone()))
+
+    record = Record()
+    strategy, bm = build_trained(name, quiet_evaluator())
+    strategy.plugins.append(record)
+    strategy.eval(bm.test_stream)
+    assert len(record.seen) == 3  # one evaluation iteration per task
+
+    fewshot.save(strategy, tmp_path)
+    learner = fewshot.load(tmp_path)  # a fresh model, built from the JSON
+    assert learner.model is not strategy.model
+    assert learner.info["method"] == type(strategy).__name__
+
+    # the strategy's evaluation tasks, with user labels (output unit i is the i-th
+    # smallest label, so these give the evaluation's unit order)
+    labels = torch.tensor([7, 19, 42])
+    for task, logits in record.seen:
+        sy = labels[task.support_y]
+        adapted = learner.adapt(task.support_x, sy)
+        assert torch.equal(adapted.classes, labels)
+        assert torch.allclose(adapted.logits(task.query_x), logits, atol=1e-6)
+        assert torch.equal(adapted.predict(task.query_x), labels[logits.argmax(1)])
+        assert torch.equal(
+            learner.predict(task.support_x, sy, task.query_x),
+            adapted.predict(task.query_x),
+        )
+        assert torch.equal(
+            strategy.predict(task.support_x, sy, task.query_x),
+            adapted.predict(task.query_x),
+        )
+
+    # a task built here from the 4 unseen classes: 4-way 2-shot, labels 100..103
+    x, y = feature_blobs(seed=5)
+    picks = [torch.nonzero(y == c).flatten() for c in (8, 9, 10, 11)]
+    sx = torch.cat([x[p[:2]] for p in picks])
+    sy = torch.arange(100, 104).repeat_interleave(2)
+    qx = torch.cat([x[p[2:]] for p in picks])
+    qy = torch.arange(100, 104).repeat_interleave(8)
+    pred = learner.predict(sx, sy, qx)
+    assert set(pred.tolist()) <= set(range(100, 104))
+    assert (pred == qy).float().mean() > 0.75  # chance: 0.25
+
+
+def test_torch_save_of_l2l_cnn_fails_but_fewshot_save_load_round_trips(tmp_path):
+    from avalanche_meta import fewshot
+    from avalanche_meta.evaluation.fewshot import FewShotRule
+    from avalanche_meta.utils.quiet_import import import_learn2learn
+
+    l2l = import_learn2learn()
+    torch.manual_seed(0)
+    cnn = l2l.vision.models.OmniglotCNN(output_size=3, hidden_size=8, layers=2)
+    with pytest.raises(Exception):  # the lambdas inside learn2learn's network
+        torch.save(cnn, io.BytesIO())
+    rule = FewShotRule(inner_lr=0.2, inner_steps=3, transductive=False)
+    fewshot.save(cnn, tmp_path, rule=rule)
+    learner = fewshot.load(tmp_path / fewshot.CONFIG_FILE)
+    assert learner.rule == rule
+    x = torch.randn(6, 1, 28, 28)
+    cnn.eval(), learner.model.eval()
+    assert torch.equal(cnn(x), learner.model(x))
+    for k, v in cnn.state_dict().items():
+        assert torch.equal(v, learner.model.state_dict()[k])
+    # any other model: an importable factory, checked at save time
+    with pytest.raises(ValueError, match="factory"):
+        fewshot.save(ConvNet(3), tmp_path / "conv")
+    fewshot.save(
+        tiny_mlp(d_in=4, ways=3).float(),
+        tmp_path / "mlp",
+        factory=_mlp_factory,
+        kwargs={"d_in": 4, "ways": 3},
+    )
+    assert isinstance(fewshot.load(tmp_path / "mlp").model, nn.Sequential)
+    with pytest.raises(ValueError, match="does not rebuild"):
+        fewshot.save(
+            tiny_mlp(d_in=4, ways=3).float(),
+            tmp_path / "bad",
+            factory=_mlp_factory,
+            kwargs={"d_in": 5, "ways": 3},
+        )
+    with pytest.raises(FileNotFoundError, match="fewshot.save"):
+        fewshot.load(tmp_path / "nothing")
+
+
+def _mlp_factory(d_in, ways):
+    return nn.Sequential(nn.Linear(d_in, 8), nn.Tanh(), nn.Linear(8, ways))
+
+
+def test_adapt_works_before_train_and_never_changes_the_model():
+    model = omniglot_fc(3)
+    strategy = MAML(model=model, ways=3, evaluator=quiet_evaluator())
+    before = copy.deepcopy(model.state_dict())
+    x, y = feature_blobs(n_classes=3, per_class=4)
+    pred = strategy.predict(x, y * 10 + 1, x)
+    assert pred.shape == (12,) and set(pred.tolist()) <= {1, 11, 21}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    with pytest.raises(ValueError, match="single label"):
+        strategy.adapt(x, torch.zeros(12, dtype=torch.long))
+    with pytest.raises(ValueError, match="one label per support sample"):
+        strategy.adapt(x, y[:5])
+
+
+# ------------------------------------------------ construction errors (issue 12)
+@pytest.mark.parametrize("cls", [MAML, FOMAML, Reptile, TransferLearning])
+def test_keyword_only_and_typo_errors_name_the_argument(cls):
+    from avalanche_meta.strategies._fewshot import StrategyArgumentError
+
+    model = omniglot_fc(3)
+    with pytest.raises(StrategyArgumentError, match="keyword arguments only"):
+        cls(model)
+    with pytest.raises(TypeError, match=f"{cls.__name__}.*keyword arguments only"):
+        cls(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(TypeError, match="'optimiser'.*did you mean 'optimizer'"):
+        cls(model=model, optimiser=None)
+    if cls is not TransferLearning:
+        for arg, fix in [
+            ("train_mb_size", "meta_batch_size"),
+            ("train_epochs", "meta_iterations"),
+            ("eval_mb_size", "FewShotEval"),
+        ]:
+            with pytest.raises(ValueError, match=f"`{arg}`.*{fix}"):
+                cls(model=model, **{arg: 2})
+    else:  # ordinary Avalanche arguments of a classification training
+        s = cls(model=model, train_mb_size=5, train_epochs=2, eval_mb_size=7)
+        assert (s.train_mb_size, s.train_epochs, s.eval_mb_size) == (5, 2, 7)
+
+
+def test_fomaml_refuses_first_order():
+    with pytest.raises(ValueError, match="always first order"):
+        FOMAML(model=omniglot_fc(3), first_order=False)
+
+
+# ------------------------------------------------ devices and syncs (issue 13)
+@pytest.mark.parametrize("cls", [MAML, FOMAML, Reptile])
+def test_training_on_the_meta_device_creates_nothing_elsewhere_and_never_syncs(cls):
+    """On the ``meta`` device every op mixing a CPU tensor with a model tensor
+    raises, and ``.item()`` / ``bool()`` / ``.tolist()`` raise: a meta-training run
+    proves that the loop puts every tensor on the strategy's device and never
+    reads a value back from it."""
+    torch.manual_seed(0)
+    x, y = feature_blobs(n_classes=6, per_class=5)
+    bm = make_benchmark(x, y)
+    model = nn.Sequential(
+        nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)
+    )
+    kw = dict(shots=3) if cls is Reptile else {}
+    s = cls(
+        model=model,
+        ways=3,
+        meta_batch_size=2,
+        meta_iterations=2,
+        device="meta",
+        evaluator=EvaluationPlugin(loggers=[TextLogger(io.StringIO())]),
+        **kw,
+    )
+    s.train(bm.train_stream[0])
+    assert s.total_meta_iterations == 2
+    assert {p.device.type for p in s.model.parameters()} == {"meta"}
+    adapted = s.adapt(x[:6], y[:6] % 3)  # the adaptation path too
+    assert adapted.logits(x[6:9]).device.type == "meta"
+
+
+def test_nan_loss_is_still_caught_once_per_meta_update():
+    from avalanche_meta.utils.validation import NonFiniteLossError
+
+    x, y = feature_blobs(n_classes=6, per_class=5)
+    x[:, 3] = float("nan")
+    for cls, shots in ((MAML, 2), (Reptile, 4)):
+        model = omniglot_fc(3)
+        theta = copy.deepcopy(model.state_dict())
+        s = cls(
+            model=model,
+            ways=3,
+            shots=shots,
+            meta_batch_size=2,
+            meta_iterations=3,
+            evaluator=quiet_evaluator(),
+        )
+        with pytest.raises(NonFiniteLossError, match="inner step 0: the loss"):
+            s.train(make_benchmark(x, y).train_stream[0])
+        assert s.meta_iteration == 0  # the first meta-update stopped
+        for k, v in model.state_dict().items():  # before stepping on it
+            assert torch.equal(v, theta[k]), k
+
+
+# ------------------------------------------------------------- threads (issue 12)
+def test_threads_warning_once_and_never_a_silent_change(monkeypatch):
+    from avalanche_meta import fewshot
+    from avalanche_meta.strategies import _fewshot
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setitem(_fewshot._THREADS, "chosen", False)
+    monkeypatch.setitem(_fewshot._THREADS, "warned", False)
+    x, y = feature_blobs(n_classes=6, per_class=5)
+    exp = make_benchmark(x, y).train_stream[0]
+    torch.set_num_threads(2)
+    try:
+        s = MAML(
+            model=omniglot_fc(3),
+            ways=3,
+            meta_batch_size=1,
+            meta_iterations=1,
+            evaluator=quiet_evaluator(),
+        )
+        assert torch.get_num_threads() == 2  # the constructor changes nothing
+        with pytest.warns(fewshot.ThreadCountWarning, match="set_threads"):
+            s.train(exp)
+        assert torch.get_num_threads() == 2  # nor does train()
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", fewshot.ThreadCountWarning)
+            s.train(exp)  # once per process
+            monkeypatch.setitem(_fewshot._THREADS, "warned", False)
+            fewshot.set_threads(1)  # an explicit choice silences it
+            assert torch.get_num_threads() == 1
+            s.train(exp)
+    finally:
+        torch.set_num_threads(1)

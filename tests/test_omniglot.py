@@ -127,6 +127,42 @@ def test_fewshot_benchmark_by_character_split(tmp_path):
     assert info.input_shape == (1, 28, 28)
 
 
+def test_fewshot_benchmark_can_train_on_every_character(tmp_path):
+    """test=None without test_classes (or 0): every character is a training
+    character and there is no test experience (a model meant to be adapted to
+    the user's own tasks); MAML meta-trains on it."""
+    from avalanche.logging import TextLogger
+    from avalanche.training.plugins import EvaluationPlugin
+
+    from avalanche_meta.strategies.maml import MAML
+
+    (tmp_path / "omniglot").mkdir()
+    write_tiny_omniglot(tmp_path / "omniglot", as_zip=True)
+    for test_classes in (None, 0):
+        info = omniglot_fewshot(
+            train="background", test=None, test_classes=test_classes, data_root=tmp_path
+        )
+        assert info.extras["train_classes"] == 7 and info.extras["test_classes"] == 0
+        assert len(info.benchmark.test_stream) == 0
+        assert set(info.benchmark.train_stream[0].dataset.targets) == set(range(7))
+        assert info.num_classes == 7
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 3))
+    strategy = MAML(
+        model=model,
+        ways=3,
+        meta_batch_size=2,
+        meta_iterations=2,
+        evaluator=EvaluationPlugin(loggers=[TextLogger(io.StringIO())]),
+    )
+    strategy.train(info.benchmark.train_stream[0])
+    assert strategy.total_meta_iterations == 2
+    with pytest.raises(ValueError, match="needs test=None"):
+        omniglot_fewshot(
+            train="background", test="background", test_classes=2, data_root=tmp_path
+        )
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """One decoded-Omniglot cache for the tests of this module (not in the repo)."""

@@ -396,22 +396,28 @@ def omniglot_fewshot(
     lists them). With ``test=None`` the characters
     of ``train`` are split at random: ``test_classes`` of them are held out (the MAML
     protocol on the full Omniglot: ``train="background,evaluation"``,
-    ``test_classes=423``, i.e. 1,200 training characters).
+    ``test_classes=423``, i.e. 1,200 training characters); ``test=None`` with
+    ``test_classes`` None or 0 meta-trains on every character of ``train`` and the
+    benchmark has an empty test stream (for a model meant to be adapted to the
+    user's own tasks, :mod:`avalanche_meta.fewshot`).
 
     Training labels are ``0..C_train-1`` and test labels ``C_train..``; the
     description's ``num_classes`` counts both, ``extras["train_classes"]`` the former.
 
     :param train: named set(s) or paths (comma-separated or a list), concatenated.
     :param test: the test set(s), or None to split ``train``'s characters.
-    :param test_classes: characters held out when ``test`` is None.
+    :param test_classes: characters held out when ``test`` is None (None or 0: none,
+        no test experience).
     :param seed: the split's seed (``test=None`` only).
     """
     from avalanche.benchmarks import benchmark_from_datasets
 
     data = _load_sources(train, data_root, cache_dir)
-    if test is None:
-        if test_classes is None:
-            raise ValueError("with test=None, give `test_classes` (e.g. 423).")
+    dropped: List[str] = []
+    test_data: Optional[OmniglotData] = None
+    if test is None and test_classes in (None, 0):
+        train_data = data
+    elif test is None:
         check_positive("test_classes", test_classes, integer=True)
         if test_classes >= data.num_classes:
             raise ValueError(
@@ -422,8 +428,12 @@ def omniglot_fewshot(
         random.Random(seed).shuffle(order)
         train_data = data.subset(sorted(order[test_classes:]))
         test_data = data.subset(sorted(order[:test_classes]))
-        dropped: List[str] = []
     else:
+        if test_classes is not None:
+            raise ValueError(
+                "`test_classes` splits the characters of `train` and needs "
+                f"test=None; got test={test!r}: drop one of them."
+            )
         train_data = data
         test_data = _load_sources(test, data_root, cache_dir)
         dropped = [a for a in test_data.alphabets if a in train_data.alphabets]
@@ -435,23 +445,28 @@ def omniglot_fewshot(
                 "the characters."
             )
     n_train = train_data.num_classes
+    n_test = 0 if test_data is None else test_data.num_classes
     bm = benchmark_from_datasets(
         train=[_avalanche_dataset(train_data.images, train_data.targets)],
-        test=[_avalanche_dataset(test_data.images, test_data.targets + n_train)],
+        test=(
+            []
+            if test_data is None
+            else [_avalanche_dataset(test_data.images, test_data.targets + n_train)]
+        ),
     )
     return BenchmarkInfo(
         benchmark=bm,
         name="omniglot",
         scenario="class",
         input_shape=tuple(train_data.images.shape[1:]),
-        num_classes=n_train + test_data.num_classes,
+        num_classes=n_train + n_test,
         classes_per_experience=[list(range(n_train))],
         task_labels=False,
         extras={
             "train_classes": n_train,
-            "test_classes": test_data.num_classes,
+            "test_classes": n_test,
             "train_alphabets": train_data.alphabets,
-            "test_alphabets": test_data.alphabets,
+            "test_alphabets": [] if test_data is None else test_data.alphabets,
             "dropped_test_alphabets": dropped,
             "fewshot": True,
         },

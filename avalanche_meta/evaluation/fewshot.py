@@ -468,9 +468,14 @@ def fine_tune(
     batch_size: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
     adam_state: Optional[dict] = None,
+    losses: Optional[List[Tensor]] = None,
 ) -> nn.Module:
     """Adapt ``model`` in place: ``inner_steps`` steps on the support loss, in
     training mode (batch norm normalises with each mini-batch's statistics).
+
+    Non-finite losses raise :class:`~avalanche_meta.utils.validation.NonFiniteLossError`
+    after the last step (one host synchronisation per call, none per step), or are
+    appended to ``losses`` for the caller to check (:func:`check_losses`).
 
     :param optimizer: ``"sgd"`` (MAML's inner loop) or ``"adam"`` (Reptile's,
         ``betas=(0, 0.999)`` as in Nichol et al.).
@@ -482,9 +487,13 @@ def fine_tune(
         Adam starts from (a copy: the dict is not modified), as Nichol et al.'s
         evaluation continues their meta-training Adam; the learning rate and betas
         stay ``inner_lr`` and ``(0, 0.999)``. None: a fresh Adam.
+    :param losses: where to append the (detached) step losses instead of checking
+        them here.
     :return: ``model``.
     """
     model.train()
+    own = losses is None
+    losses = [] if own else losses
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "sgd":
         if adam_state is not None:
@@ -503,10 +512,25 @@ def fine_tune(
                 x, y = x[idx], y[idx]
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(_logits(model, x), y)
-            check_finite_loss(loss, f"few-shot fine-tuning, step {step}")
+            losses.append(loss.detach().reshape(1))
             loss.backward()
             opt.step()
+    if own:
+        check_losses(losses, lambda i: f"few-shot fine-tuning, step {i}")
     return model
+
+
+def check_losses(losses: List[Tensor], where) -> None:
+    """Raise :class:`~avalanche_meta.utils.validation.NonFiniteLossError` naming
+    ``where(i)`` for the first non-finite loss of ``losses`` (one host
+    synchronisation; nothing on the ``meta`` device, whose tensors have no values)."""
+    if not losses or losses[0].device.type == "meta":
+        return
+    stacked = torch.cat([loss.reshape(-1)[:1] for loss in losses])
+    if bool(torch.isfinite(stacked).all()):
+        return
+    first = int((~torch.isfinite(stacked)).nonzero()[0, 0])
+    check_finite_loss(stacked[first], where(first))
 
 
 def _load_adam_state(opt: torch.optim.Adam, params: List[Tensor], state: dict):
@@ -814,6 +838,7 @@ def iter_task_predictions(
     generator = torch.Generator().manual_seed(seed)
     scratch = _with_ways_head(model, evaluation.ways, rule.reset_head).to(device)
     start = {k: v.detach().clone() for k, v in scratch.state_dict().items()}
+    losses: List[Tensor] = []
     for _ in range(evaluation.num_tasks):
         task = sampler.sample().to(device)
         scratch.load_state_dict(start)
@@ -827,11 +852,18 @@ def iter_task_predictions(
             batch_size=rule.inner_batch_size,
             generator=generator,
             adam_state=adam_state,
+            losses=losses,
         )
         logits = query_logits(
             scratch, task.support_x, task.query_x, transductive=rule.transductive
         )
         yield task, logits
+    # one host synchronisation for all the tasks' fine-tuning losses
+    steps = max(1, rule.inner_steps)
+    check_losses(
+        losses,
+        lambda i: f"few-shot fine-tuning, task {i // steps}, step {i % steps}",
+    )
 
 
 def few_shot_accuracy(

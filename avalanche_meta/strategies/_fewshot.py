@@ -66,13 +66,13 @@ from avalanche_meta.evaluation.fewshot import (
     FewShotTask,
     FewShotTaskSampler,
     adapt,
+    check_losses,
     dataset_tensors,
     is_multihead,
     iter_task_predictions,
     strategy_adam_state,
 )
 from avalanche_meta.utils.validation import (
-    check_finite_loss,
     check_in_interval,
     check_non_negative,
     check_positive,
@@ -233,7 +233,7 @@ class FewShotStrategyMixin:
         return super().__new__(cls)
 
     # ------------------------------------------------------------ evaluation
-    def fewshot_metric(self) -> Optional[FewShotAccuracy]:
+    def find_fewshot_metric(self) -> Optional[FewShotAccuracy]:
         """The first :class:`FewShotAccuracy` of the evaluator (None if none)."""
         for metric in getattr(self.evaluator, "metrics", None) or []:
             if isinstance(metric, FewShotAccuracy):
@@ -243,7 +243,7 @@ class FewShotStrategyMixin:
     def evaluation_settings(self) -> FewShotEval:
         """The few-shot evaluation this strategy runs: the evaluator's
         :class:`FewShotAccuracy` settings when it has one, else ``fewshot_eval``."""
-        metric = self.fewshot_metric()
+        metric = self.find_fewshot_metric()
         return metric.settings() if metric is not None else self.fewshot_eval
 
     def _eval_task_label(self) -> int:
@@ -254,7 +254,7 @@ class FewShotStrategyMixin:
         """``num_tasks`` few-shot tasks of the experience, one per evaluation
         iteration (see the module docstring): Avalanche's metrics see the query
         set (labels ``0..ways-1``), its logits and its cross-entropy."""
-        metric = self.fewshot_metric()
+        metric = self.find_fewshot_metric()
         settings = metric.settings() if metric is not None else self.fewshot_eval
         exp_id = self.experience.current_experience
         adam_state = strategy_adam_state(self, settings.continue_adam)
@@ -577,13 +577,7 @@ class EpisodicTemplate(FewShotStrategyMixin, SupervisedTemplate):
         whose tensors have no values)."""
         losses, where = self._pending_losses, self._pending_where
         self._pending_losses, self._pending_where = [], []
-        if not losses or losses[0].device.type == "meta":
-            return
-        stacked = torch.cat(losses)
-        if bool(torch.isfinite(stacked).all()):
-            return
-        first = int((~torch.isfinite(stacked)).nonzero()[0, 0])
-        check_finite_loss(stacked[first], where[first])
+        check_losses(losses, lambda i: where[i])
 
     # ----------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

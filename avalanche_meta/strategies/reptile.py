@@ -49,6 +49,7 @@ from avalanche_meta.evaluation.fewshot import FewShotEval, FewShotRule, FewShotT
 from avalanche_meta.strategies._fewshot import EpisodicTemplate, task_logits
 from avalanche_meta.utils.flat import FlatParameters
 from avalanche_meta.utils.validation import (
+    NonFiniteLossError,
     check_in_interval,
     check_positive,
 )
@@ -246,8 +247,14 @@ class Reptile(EpisodicTemplate):
             flat.copy_(phi)
             self.train_on_task(task, **kwargs)
             phi_tilde_sum += flat
-        # one host synchronisation per meta step (none per task or inner step)
-        self.check_pending_losses()
+        # one host synchronisation per meta step (none per task or inner step);
+        # on a non-finite loss the parameters go back to phi (the inner Adam's
+        # moments keep that meta step's updates) and the error is raised
+        try:
+            self.check_pending_losses()
+        except NonFiniteLossError:
+            flat.copy_(phi)
+            raise
         self._after_forward(**kwargs)
         self._before_update(**kwargs)
         flat.copy_(interpolate(phi, phi_tilde_sum / len(tasks), self.epsilon))
