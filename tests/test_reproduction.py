@@ -325,3 +325,32 @@ def test_paper_tables_are_declared_runs():
         ReproContext(quick=True, extra={"scenarios": ["class"], "methods": ["BI-R"]})
     )
     assert [(r.group, r.label) for r in sub.runs] == [("class", "BI-R")]
+
+
+def test_ctrl_c_keeps_finished_runs_and_the_next_invocation_completes(
+    tmp_path, capsys, monkeypatch
+):
+    import avalanche_meta.experiments.runner as runner
+
+    _register()
+    monkeypatch.setenv("AVALANCHE_META_RESULTS", str(tmp_path / "R.md"))
+    real = runner.run_experiment
+    calls = []
+
+    def interrupted_at_replay(strategy, benchmark, **kw):
+        calls.append(strategy)
+        if strategy == "replay":
+            raise KeyboardInterrupt
+        return real(strategy, benchmark, **kw)
+
+    monkeypatch.setattr(runner, "run_experiment", interrupted_at_replay)
+    store = tmp_path / "store"
+    argv = ["reproduce", "test-plan-repro", "--quick", "--out", str(tmp_path)]
+    argv += ["--store", str(store)]
+    assert main(argv) == 130
+    assert calls == ["naive", "replay"]
+    assert [r.config.strategy for r in RunStore(store).runs()] == ["naive"]
+    assert not list((store / ".tmp").glob("*")) and not RunStore(store).running()
+    monkeypatch.setattr(runner, "run_experiment", real)
+    assert main(argv) == 0
+    assert "runs: 2 executed, 1 taken from the store" in capsys.readouterr().out
