@@ -130,6 +130,7 @@ def test_replay_is_gated_by_the_previous_models_soft_predictions():
     replayed sample's decoder gate is softmax(prev scores / T) @ class masks, and its
     KL term is log q(z|x) - log sum_c p_c N(z; mode c) with the same p."""
     s, vae = _second_task_strategy()
+    vae.gate_compute = "dense"  # the hook below watches the dense output layer
     r = s._make_replay(16)
     with torch.no_grad():
         prev = s.previous_active.mask(s.previous_net(r["x"]))
