@@ -10,16 +10,18 @@ Registered names:
   of ``run`` holds few-shot accuracies, and ``fewshot.json`` in the run folder adds
   the 95% confidence intervals);
 - reproductions ``fewshot-omniglot`` (the three settings, five methods) and
-  ``fewshot-omniglot-5w1s`` (a longer 5-way 1-shot run);
-- bench ``maml``: meta-training tasks per second of :class:`MAML` against a bare
-  learn2learn loop over the same tasks and model.
+  ``fewshot-omniglot-5w1s`` (a longer 5-way 1-shot run), in
+  :mod:`avalanche_meta.experiments.tables.fewshot`;
+- bench ``maml`` (:mod:`avalanche_meta.experiments.benches.maml`): meta-training tasks
+  per second of :class:`MAML` against a bare learn2learn loop over the same tasks and
+  model.
 
 The full Omniglot (for users who have ``images_background`` and
 ``images_evaluation`` in ``<data root>/omniglot``), MAML's protocol (1,200 training
 characters, 423 test characters, rotations as classes, 60,000 meta-iterations)::
 
-    avalanche-meta run maml --benchmark omniglot --preset paper-5way1shot \
-        --bench-opt train=background,evaluation --bench-opt test=none \
+    avalanche-meta run maml --benchmark omniglot --preset paper-5way1shot \\
+        --bench-opt train=background,evaluation --bench-opt test=none \\
         --bench-opt test_classes=423
 
 Reptile's presets are Nichol et al.'s Omniglot commands (supervised-reptile README),
@@ -27,7 +29,9 @@ e.g. 20-way 1-shot (inner batch 20, 10 inner Adam steps of 5e-4, 200,000
 meta-iterations, evaluation with 50 steps on batches of 10 and each query predicted
 with the support set alone, ``eval_transductive`` false)::
 
-    avalanche-meta run reptile --benchmark omniglot --preset paper-20way1shot         --bench-opt train=background,evaluation --bench-opt test=none         --bench-opt test_classes=423
+    avalanche-meta run reptile --benchmark omniglot --preset paper-20way1shot \\
+        --bench-opt train=background,evaluation --bench-opt test=none \\
+        --bench-opt test_classes=423
 """
 
 from __future__ import annotations
