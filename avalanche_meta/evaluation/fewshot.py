@@ -52,6 +52,8 @@ This module imports learn2learn's data utilities for the sampling (through
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
 import math
 import random
 from contextlib import contextmanager
@@ -97,7 +99,39 @@ __all__ = [
     "TaskFreeHead",
     "is_multihead",
     "strategy_adam_state",
+    "StrategyArgumentError",
+    "check_keywords",
 ]
+
+
+class StrategyArgumentError(TypeError, ValueError):
+    """A constructor argument a strategy (or metric) does not take or cannot use:
+    both a ``TypeError``, as Python raises for a wrong call, and a ``ValueError``,
+    as the package raises for bad values. (Re-exported by
+    :mod:`avalanche_meta.strategies._fewshot`.)"""
+
+
+def check_keywords(cls, args: tuple, kwargs: dict, accepted: List[str]) -> None:
+    """Raise :class:`StrategyArgumentError` for positional arguments or a keyword
+    not in ``accepted`` (naming its close matches)."""
+    name = cls.__name__
+    if args:
+        raise StrategyArgumentError(
+            f"{name} takes keyword arguments only: got {len(args)} positional "
+            f"argument(s) ({', '.join(type(a).__name__ for a in args)}); write e.g. "
+            f"{name}({accepted[0]}=...)."
+        )
+    for key in kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=3, cutoff=0.6)
+            hint = (
+                f"; did you mean {' or '.join(repr(c) for c in close)}?"
+                if close
+                else f"; it takes: {', '.join(accepted)}."
+            )
+            raise StrategyArgumentError(
+                f"{name} got an unexpected keyword argument {key!r}{hint}"
+            )
 
 
 @dataclass
@@ -963,6 +997,15 @@ class FewShotAccuracy(PluginMetric[float]):
             loggers=[InteractiveLogger()],
         )
     """
+
+    def __new__(cls, *args, **kwargs):
+        accepted = [
+            p
+            for p in inspect.signature(cls.__init__).parameters
+            if p not in ("self", "args", "kwargs")
+        ]
+        check_keywords(cls, args, kwargs, accepted)
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -65,6 +65,7 @@ from avalanche_meta.evaluation.fewshot import (
     FewShotRule,
     FewShotTask,
     FewShotTaskSampler,
+    StrategyArgumentError,
     adapt,
     check_losses,
     dataset_tensors,
@@ -83,12 +84,6 @@ def task_logits(model: nn.Module, x: Tensor) -> Tensor:
     """``model``'s logits on ``x``, task label 0 for multi-task modules."""
     t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     return avalanche_forward(model, x, t)
-
-
-class StrategyArgumentError(TypeError, ValueError):
-    """A constructor argument the strategy does not take or cannot use (both a
-    ``TypeError``, as Python raises for a wrong call, and a ``ValueError``, as the
-    package raises for bad values)."""
 
 
 class ThreadCountWarning(UserWarning):
@@ -163,7 +158,7 @@ _REFUSED_PLUGINS: Dict[str, str] = {
         "EWC computes its importances with a pass over the experience scored with "
         "the experience's original class labels, but {name}'s model has `ways` "
         "outputs for labels remapped per task (labels >= ways are out of range); a "
-        "penalty that needs no labels (e.g. SynapticIntelligencePlugin) composes"
+        "penalty that needs no labels (e.g. avalanche_meta's ReferenceSIPlugin) composes"
     ),
     "LwFPlugin": (
         "LwF distils the previous model's outputs on the current mini-batch into "
@@ -197,7 +192,14 @@ class FewShotStrategyMixin:
     """
 
     #: Avalanche arguments this strategy refuses: name -> what to use instead
-    REFUSED_ARGUMENTS: Dict[str, str] = {}
+    REFUSED_ARGUMENTS: Dict[str, str] = {
+        "scenario": (
+            "few-shot evaluation has no Task-/Class-/Domain-IL scenario: every "
+            "evaluation task's labels are remapped to 0..ways-1 and its identity "
+            "is its support set (the benchmark's task labels only name the "
+            "metrics); leave `scenario` out."
+        ),
+    }
     #: ``(metric, experience id, FewShotResult)`` of the last evaluated experience
     fewshot_eval_outcome = None
     #: the task of the current evaluation iteration (None outside them)
@@ -402,11 +404,12 @@ class EpisodicTemplate(FewShotStrategyMixin, SupervisedTemplate):
     identity is its support set); Avalanche multi-head models are refused.
     ``criterion`` must be plain cross-entropy. Plugins that add a term to
     ``strategy.loss`` in ``before_backward`` without needing the experience's labels
-    (e.g. ``SynapticIntelligencePlugin``) compose; ``EWCPlugin``, ``LwFPlugin``,
+    (e.g. ``avalanche_meta.plugins.si_reference.ReferenceSIPlugin``; Avalanche 0.6's ``SynapticIntelligencePlugin`` adds its term too, but on a CPU its importances stay 0: it keeps views of the parameters as the old weights) compose; ``EWCPlugin``, ``LwFPlugin``,
     replay plugins, ``GEMPlugin`` and ``AGEMPlugin`` are refused with the reason.
     """
 
     REFUSED_ARGUMENTS = {
+        **FewShotStrategyMixin.REFUSED_ARGUMENTS,
         "train_mb_size": (
             "{name} trains on few-shot tasks, not on mini-batches of the experience: "
             "a meta-update uses `meta_batch_size` tasks of `ways` x `shots` samples "

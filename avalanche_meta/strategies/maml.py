@@ -72,7 +72,7 @@ class MAML(EpisodicTemplate):
     ``eval_mb_size`` are refused (see ``meta_batch_size``, ``meta_iterations``,
     ``fewshot_eval``). Plugins adding a term to ``strategy.loss`` in
     ``before_backward`` without needing the experience's labels (e.g.
-    ``SynapticIntelligencePlugin``) add it to the meta-loss; ``EWCPlugin``,
+    ``avalanche_meta.plugins.si_reference.ReferenceSIPlugin``; Avalanche 0.6's ``SynapticIntelligencePlugin`` adds its term too, but on a CPU its importances stay 0: it keeps views of the parameters as the old weights) add it to the meta-loss; ``EWCPlugin``,
     ``LwFPlugin``, replay plugins, ``GEMPlugin``, ``AGEMPlugin`` are refused with the
     reason. On a GPU the loop synchronises with the host once per meta-update (the
     NaN check of all its losses), never per task.

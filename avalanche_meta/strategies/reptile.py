@@ -106,7 +106,7 @@ class Reptile(EpisodicTemplate):
     arguments and plugins, and multi-head models: as for
     :class:`~avalanche_meta.strategies.maml.MAML` (``train_mb_size`` -> see
     ``inner_batch_size``). Plugins adding to ``strategy.loss`` in
-    ``before_backward`` (e.g. ``SynapticIntelligencePlugin``) act on every inner
+    ``before_backward`` (e.g. ``avalanche_meta.plugins.si_reference.ReferenceSIPlugin``) act on every inner
     step (Reptile has no meta-loss). On a GPU the loop synchronises with the host
     once per meta step (the NaN check of its inner losses).
 
