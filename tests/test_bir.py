@@ -314,7 +314,7 @@ def test_conditional_replay_without_class_labels_is_refused():
             self._e = e
 
         def __getattr__(self, name):
-            if name == "classes_in_this_experience":
+            if name in ("classes_in_this_experience", "dataset"):
                 raise AttributeError(name)
             return getattr(self._e, name)
 
@@ -323,6 +323,9 @@ def test_conditional_replay_without_class_labels_is_refused():
     s._t = torch.tensor([0, 0])
     with pytest.raises(ValueError, match="classes_in_this_experience"):
         s._record_classes()
+    s.experience = exp  # the dataset's targets are enough
+    s._record_classes()
+    assert s.active.seen.nonzero().flatten().tolist() == [0, 1]
 
 
 def test_nan_loss_is_raised_not_trained_on():
