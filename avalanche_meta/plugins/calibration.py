@@ -37,6 +37,7 @@ import torch
 from avalanche.benchmarks import OnlineCLExperience
 from avalanche.benchmarks.scenarios.generic_scenario import MaskedAttributeError
 from avalanche.core import SupervisedPlugin
+from avalanche.models import MultiTaskModule
 from avalanche.models.utils import avalanche_forward
 from torch import Tensor, nn
 
@@ -50,6 +51,7 @@ from avalanche_meta.models.calibration import (
     is_calibrated,
     remove_from_optimizer,
 )
+from avalanche_meta.strategies._keywords import KeywordOnlyConstruction
 from avalanche_meta.utils.scenario import ActiveUnits
 from avalanche_meta.utils.validation import (
     check_finite_loss,
@@ -58,7 +60,7 @@ from avalanche_meta.utils.validation import (
 )
 
 
-class CalibrationPlugin(SupervisedPlugin):
+class CalibrationPlugin(KeywordOnlyConstruction, SupervisedPlugin):
     """NCCL's calibration update (first order) for any ``SupervisedTemplate``.
 
     :param mem_size: slots of the plugin's memory (shared equally by tasks).
@@ -69,6 +71,12 @@ class CalibrationPlugin(SupervisedPlugin):
     :param calibration_lr: SGD learning rate of ``psi``/``lambda``.
     :param active_units: optional output masks (Task-IL / Class-IL); the plugin
         records the classes it sees in it. Without it, logits are used unmasked.
+
+    Construction is keyword-only (unknown keywords are an error naming the close
+    matches). Avalanche multi-head models (``MultiTaskModule``) are refused at the
+    first ``train``: the heads they create for new tasks would not be calibrated.
+    Host plugins compose (``EWCPlugin``, ``ReplayPlugin``, ...): the plugin only
+    adds the outer step after each host iteration.
     """
 
     def __init__(
@@ -114,6 +122,13 @@ class CalibrationPlugin(SupervisedPlugin):
 
     def before_training(self, strategy, **kwargs):
         self._train_calls += 1
+        if isinstance(strategy.model, MultiTaskModule):
+            raise ValueError(
+                "CalibrationPlugin cannot calibrate an Avalanche multi-head model "
+                "(MultiTaskModule): the heads it creates for new tasks would not be "
+                "calibrated. Use a single-head model with all the classes "
+                "(Task-IL through an ActiveUnits mask)."
+            )
         if not is_calibrated(strategy.model):
             raise ValueError(
                 "CalibrationPlugin needs a calibrated model: build the strategy with "

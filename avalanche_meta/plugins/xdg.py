@@ -37,6 +37,7 @@ from avalanche.models import (
 from torch import Tensor, nn
 
 from avalanche_meta.models.gates import ContextGates
+from avalanche_meta.strategies._keywords import KeywordOnlyConstruction
 from avalanche_meta.utils.scenario import experience_identity
 from avalanche_meta.utils.validation import check_in_interval, check_positive
 
@@ -59,7 +60,7 @@ def hidden_linear_layers(model: nn.Module) -> List[str]:
     return linears
 
 
-class XdG(SupervisedPlugin):
+class XdG(KeywordOnlyConstruction, SupervisedPlugin):
     """Gates the hidden units of ``model`` with a fixed random mask per task (Task-IL).
 
     Where the task labels come from. Each gated layer's forward hook multiplies its
@@ -78,8 +79,10 @@ class XdG(SupervisedPlugin):
       label per experience, so every sample of such a pass has it;
     - a forward pass on a batch of another size than the labels given (e.g. a
       plugin replaying buffer samples before the strategy's forward) is an error
-      that says so; an Avalanche multi-head model (``MultiTaskModule``) that splits
-      a mixed-task batch per task is matched sub-batch by sub-batch.
+      that says so. An Avalanche multi-head model (``MultiTaskModule``) receives
+      the task labels of every forward pass, and XdG reads them there (a forward
+      pre-hook), so any plugin's pass on such a model is gated right; a model that
+      splits a mixed-task batch per task is matched sub-batch by sub-batch.
 
     The hooks follow the layers by name: when a strategy replaces the gated layers
     (``NeuronCalibration`` calibrates the model it is given, which swaps every
@@ -94,7 +97,12 @@ class XdG(SupervisedPlugin):
         :func:`hidden_linear_layers`).
     :param scenario: the benchmark's scenario, if known; anything but ``"task"`` is
         refused.
+
+    Construction: ``model`` may be positional, the rest are keywords; an unknown
+    keyword is an error naming its close matches.
     """
+
+    MAX_POSITIONAL = 1
 
     def __init__(
         self,
@@ -179,7 +187,9 @@ class XdG(SupervisedPlugin):
             return
         self.remove()
         self._hooked = current
-        self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(current)]
+        self._handles = [
+            m.register_forward_hook(self._hook(i)) for i, m in enumerate(current)
+        ]
         if isinstance(model, MultiTaskModule):
             self._handles.append(
                 model.register_forward_pre_hook(self._root_hook(), with_kwargs=True)
@@ -191,6 +201,12 @@ class XdG(SupervisedPlugin):
         def hook(module, args, kwargs):
             t = kwargs.get("task_labels", args[1] if len(args) > 1 else None)
             self._queues = {}
+            if isinstance(t, int):
+                t = torch.full((args[0].shape[0],), t, dtype=torch.long)
+            if isinstance(t, Tensor) and t.dim() > 0:
+                # a multi-head model is given the task labels: use them directly
+                self._tasks = t.long().flatten()
+                self._use_experience_task = False
             if isinstance(t, Tensor) and t.dim() > 0 and t.numel() > 1:
                 uniq, counts = torch.unique(t.long(), return_counts=True)
                 if uniq.numel() > 1:  # MultiTaskModule: one sub-batch per task, sorted
@@ -203,15 +219,17 @@ class XdG(SupervisedPlugin):
         def hook(module, inputs, output):
             n = output.shape[0]
             queue = self._queues.get(i)
-            if queue:
+            if self._tasks is not None and self._tasks.numel() == n:
+                t = self._tasks  # the whole batch (a split one has smaller parts)
+            elif queue:
                 task, count = queue.pop(0)
                 if count != n:
                     raise ValueError(
-                        "XdG: a multi-head model split its batch in an unexpected way."
+                        "XdG: a multi-head model split its mixed-task batch in an "
+                        f"unexpected way (a part of {n} samples, expected {count} of "
+                        f"task {task}); give it batches of one task."
                     )
                 t = torch.full((n,), task, dtype=torch.long, device=output.device)
-            elif self._tasks is not None and self._tasks.numel() == n:
-                t = self._tasks
             elif self._use_experience_task and self._experience_task is not None:
                 t = torch.full(
                     (n,), self._experience_task, dtype=torch.long, device=output.device
@@ -245,7 +263,11 @@ class XdG(SupervisedPlugin):
         """
         self._tasks = torch.as_tensor(task_labels).long().flatten()
         self._use_experience_task = False
-        if check and self._tasks.numel() and int(self._tasks.max()) >= self.gates.n_contexts:
+        if (
+            check
+            and self._tasks.numel()
+            and int(self._tasks.max()) >= self.gates.n_contexts
+        ):
             raise ValueError(
                 f"task label {int(self._tasks.max())} but XdG was built for "
                 f"n_tasks={self.gates.n_contexts}: give n_tasks >= "

@@ -1,4 +1,5 @@
-"""Keyword-only construction with clear errors, for ER, MER and NeuronCalibration.
+"""Keyword-only construction with clear errors, for ER, MER, NeuronCalibration and
+the XdG and calibration plugins.
 
 Avalanche's strategies are built with keyword arguments (``Naive(model=...,
 optimizer=..., ...)``); Python's own errors for a positional argument or a typo'd
@@ -43,14 +44,25 @@ def accepted_keywords(cls) -> List[str]:
 
 
 class KeywordOnlyConstruction:
-    """Mixin: refuse positional arguments and unknown keywords with a clear error."""
+    """Mixin: refuse positional arguments and unknown keywords with a clear error.
+
+    :attr:`MAX_POSITIONAL` arguments may be positional (0 for strategies; 1 for a
+    plugin built on a model, e.g. ``XdG(model, n_tasks=5)``).
+    """
+
+    MAX_POSITIONAL = 0
 
     def __new__(cls, *args, **kwargs):
         name = cls.__name__
-        if args:
+        if len(args) > cls.MAX_POSITIONAL:
+            allowed = (
+                ""
+                if cls.MAX_POSITIONAL == 0
+                else f" after the first {cls.MAX_POSITIONAL}"
+            )
             raise StrategyArgumentError(
-                f"{name} takes keyword arguments only (as Avalanche strategies are "
-                f"called): got {len(args)} positional argument(s) "
+                f"{name} takes keyword arguments only{allowed} (as Avalanche "
+                f"strategies are called): got {len(args)} positional argument(s) "
                 f"({', '.join(type(a).__name__ for a in args)}); write e.g. "
                 f"{name}(model=model, ...)."
             )

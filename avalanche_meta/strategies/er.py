@@ -409,6 +409,8 @@ class PerExampleReplayTemplate(KeywordOnlyConstruction, SupervisedTemplate):
 
     def _infer_num_classes(self) -> None:
         with torch.no_grad():
+            for plugin in self._gating_plugins:
+                plugin.set_tasks(self.mb_task_id[:1], check=False)
             out = avalanche_forward(self.model, self.mb_x[:1], self.mb_task_id[:1])
         self._make_active_units(int(out.shape[-1]))
 

@@ -134,7 +134,9 @@ class ActiveUnits(nn.Module):
             self._grow(int(t.max()) + 1)
 
     @torch.no_grad()
-    def observe(self, y: Tensor, t: Optional[Tensor] = None, *, check: bool = True) -> None:
+    def observe(
+        self, y: Tensor, t: Optional[Tensor] = None, *, check: bool = True
+    ) -> None:
         """Record labels ``y`` (and their task labels ``t``) seen in training.
 
         :param check: check the labels and grow the task table (reads values back
