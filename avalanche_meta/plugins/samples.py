@@ -19,6 +19,7 @@ from typing import Callable, List, Optional, Union
 import torch
 from avalanche.core import SupervisedPlugin
 
+from avalanche_meta.strategies._keywords import KeywordOnlyConstruction
 from avalanche_meta.utils.validation import check_positive
 
 
@@ -38,7 +39,11 @@ def _as_images(x: torch.Tensor, shape) -> torch.Tensor:
     return flat.view(n, h, w)
 
 
-class GeneratedSamplesPlot(SupervisedPlugin):
+def _replay_generator(strategy):
+    return strategy.replay_generator
+
+
+class GeneratedSamplesPlot(KeywordOnlyConstruction, SupervisedPlugin):
     """After each training experience, save a grid of generated samples per class.
 
     :param out_dir: folder of the PNG files (``samples_exp000.png``, ...).
@@ -46,6 +51,8 @@ class GeneratedSamplesPlot(SupervisedPlugin):
     :param generator: ``generator(strategy)`` returning the generator to sample
         from; default ``strategy.replay_generator`` (BrainInspiredReplay).
     """
+
+    MAX_POSITIONAL = 1
 
     def __init__(
         self,
@@ -58,9 +65,20 @@ class GeneratedSamplesPlot(SupervisedPlugin):
         check_positive("per_class", per_class, integer=True)
         self.out_dir = Path(out_dir)
         self.per_class = per_class
-        self.get_generator = generator or (lambda s: s.replay_generator)
+        self.get_generator = generator or _replay_generator
         #: the files written so far
         self.paths: List[Path] = []
+
+    def before_training(self, strategy, **kwargs):
+        if self.get_generator is _replay_generator and not hasattr(
+            strategy, "replay_generator"
+        ):
+            raise ValueError(
+                f"GeneratedSamplesPlot draws samples of the strategy's generator, "
+                f"but {type(strategy).__name__} has no `replay_generator`: use it "
+                "with BrainInspiredReplay, or give `generator=lambda strategy: "
+                "<a ReplayVAE>`."
+            )
 
     def after_training_exp(self, strategy, **kwargs):
         gen = self.get_generator(strategy)

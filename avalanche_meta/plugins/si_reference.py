@@ -34,11 +34,17 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch import Tensor, nn
 
+from avalanche_meta.strategies._keywords import KeywordOnlyConstruction
 from avalanche_meta.utils.validation import check_non_negative, check_positive
 
 
-class ReferenceSIPlugin(SupervisedPlugin):
+class ReferenceSIPlugin(KeywordOnlyConstruction, SupervisedPlugin):
     """SI with the reference code's formula (see the module docstring).
+
+    ``c`` may be given by position; the other arguments are keywords (an unknown
+    keyword is an error naming its close matches). It composes with any
+    strategy that fires Avalanche's ``before_backward`` / ``after_update`` per
+    optimizer step (BI-R, Avalanche's ``Naive``, ...).
 
     :param c: regularisation strength (the reference's ``si_c`` / ``dg_c``).
     :param epsilon: damping of ``omega`` when a parameter barely moved (reference:
@@ -53,9 +59,12 @@ class ReferenceSIPlugin(SupervisedPlugin):
         strategy = BrainInspiredReplay.BIR(model=vae, ..., plugins=[si])
     """
 
+    MAX_POSITIONAL = 1
+
     def __init__(
         self,
         c: float,
+        *,
         epsilon: float = 0.1,
         modules: Optional[Iterable[nn.Module]] = None,
     ):
