@@ -1025,3 +1025,53 @@ def test_threads_warning_once_and_never_a_silent_change(monkeypatch):
             s.train(exp)
     finally:
         torch.set_num_threads(1)
+
+
+def test_saved_reptile_keeps_the_continued_adam_of_its_evaluation(tmp_path):
+    """With FewShotAccuracy(continue_adam=True) the evaluation fine-tunes from the
+    strategy's Adam state: save() stores it and the loaded learner adapts from it,
+    giving the evaluation's logits."""
+    from avalanche.core import SupervisedPlugin
+
+    from avalanche_meta import fewshot
+
+    torch.manual_seed(0)
+    metric = FewShotAccuracy(
+        ways=3,
+        shots=1,
+        query_shots=4,
+        num_tasks=2,
+        optimizer="adam",
+        inner_lr=0.01,
+        inner_steps=5,
+        continue_adam=True,
+    )
+    s = Reptile(
+        model=omniglot_fc(3),
+        ways=3,
+        shots=3,
+        inner_lr=0.01,
+        meta_batch_size=2,
+        meta_iterations=4,
+        evaluator=quiet_evaluator(metric),
+    )
+    x, y = feature_blobs()
+    xt, yt = feature_blobs(seed=1)
+    bm = make_benchmark(x[y < 8], y[y < 8], xt[yt >= 8], yt[yt >= 8])
+    s.train(bm.train_stream[0])
+    seen = []
+
+    class Record(SupervisedPlugin):
+        def after_eval_iteration(self, strategy, **kwargs):
+            seen.append((strategy.eval_task, strategy.mb_output.clone()))
+
+    s.plugins.append(Record())
+    s.eval(bm.test_stream)
+    learner = fewshot.load(fewshot.save(s, tmp_path))
+    assert learner.adam_state is not None and learner.rule.optimizer == "adam"
+    fresh = fewshot.FewShotLearner(learner.model, learner.rule)  # a fresh Adam
+    for task, logits in seen:
+        got = learner.adapt(task.support_x, task.support_y).logits(task.query_x)
+        assert torch.allclose(got, logits, atol=1e-6)
+        other = fresh.adapt(task.support_x, task.support_y).logits(task.query_x)
+        assert not torch.allclose(other, logits, atol=1e-6)

@@ -804,7 +804,11 @@ def adapt(
     """Adapt a copy of ``model`` on a user's support set (N-way K-shot, any labels).
 
     The labels of ``support_y`` (any integers, e.g. ``[7, 7, 42, 42, 3, 3]``) are
-    mapped to output units in sorted order; ``model`` is never modified.
+    mapped to output units in sorted order (the smallest label to unit 0, as the
+    strategies' evaluation tasks map their classes 0..N-1); ``model`` is never
+    modified. When the number of classes differs from the width of the model's
+    last linear layer (e.g. a 3-way task for a 5-way MAML model, or a transfer
+    model), the copy gets a new zero-initialised head (``rule.reset_head`` None).
 
     :param support_x: the support inputs (the model's input shape).
     :param support_y: their labels, at least 2 distinct values.
@@ -989,6 +993,15 @@ class FewShotAccuracy(PluginMetric[float]):
     accuracy on eval experience ``j`` after training experience ``i``, fractions; the
     shape :mod:`avalanche_meta.evaluation.metrics`'s ``average_accuracy``, ``bwt`` and
     ``forgetting`` take), with the confidence intervals in :attr:`ci_matrix`.
+
+    In the evaluator of a few-shot strategy (MAML, FOMAML, Reptile,
+    TransferLearning), the first ``FewShotAccuracy`` sets that strategy's evaluation:
+    the strategy runs this metric's tasks as its evaluation iterations (so
+    Avalanche's ``Top1_Acc_Exp`` / ``Loss_Exp`` / forgetting / BWT are computed on
+    them) and the metric reports their accuracies without running them again. With
+    any other strategy (e.g. Avalanche's ``Naive``) it runs the tasks itself after
+    each evaluation experience. Multi-head models (``MTSimpleMLP``) are scored
+    through a task-free ``ways``-unit head (:class:`TaskFreeHead`).
 
     Example::
 
