@@ -456,3 +456,101 @@ def test_sequential_model_takes_fast_path_and_others_do_not():
     )
     assert mlp_linear_layers(nn.Sequential(nn.Linear(D, C, bias=False))) is None
     assert MASK_VALUE < -1e8
+
+
+# --------------------------------------------------------------------------------
+# Devices (issue 13): no host reads in the inner loops, nothing on the wrong device
+# --------------------------------------------------------------------------------
+def _meta_stream(n=5):
+    x = torch.randn(n, D, device="meta")
+    y = torch.zeros(n, dtype=torch.long, device="meta")
+    return x, y, torch.zeros(n, dtype=torch.long, device="meta")
+
+
+@pytest.mark.parametrize("loop", ["torchscript", "autograd"])
+@pytest.mark.parametrize("scenario", ["class", "task", "domain"])
+def test_mer_inner_loops_run_on_another_device_without_host_reads(loop, scenario):
+    """On the "meta" device every read of a value back to the host raises, and so
+    does any operation that mixes in a CPU tensor: learning examples there proves
+    that the inner loops (TorchScript and autograd, the GPU paths) create nothing on
+    the wrong device and never synchronise, except the one check per example."""
+    model = MLP(D, (8,), C).to("meta")
+    strategy = MER(
+        model=model,
+        device="meta",
+        lr=0.1,
+        mem_size=4,
+        replay_batch_size=3,
+        batches_per_example=2,
+        num_classes=C,
+        scenario=scenario,
+        seed=0,
+        fast_path=loop != "autograd",
+        evaluator=_silent(),
+    )
+    assert strategy.inner_loop == loop  # no native kernel off the CPU
+    for tensor in (strategy._flat.flat, strategy.memory.y, strategy.active_units.seen):
+        assert tensor.device.type == "meta"
+    checks = []
+    strategy._check_example_finite = lambda: checks.append(1)
+    strategy.active_units._grow(1)  # what check_batch does once per mini-batch
+    x, y, t = _meta_stream()
+    for i in range(x.shape[0]):
+        strategy.active_units.observe(y[i : i + 1], t[i : i + 1], check=False)
+        strategy.learn_example(x[i : i + 1], y[i : i + 1], t[i : i + 1])
+        strategy.memory.add(x[i], y[i], t[i])
+    assert len(checks) == x.shape[0]  # one host read per example, none per batch
+    assert strategy.memory.x.device.type == "meta"
+
+
+def test_er_step_runs_on_another_device(monkeypatch):
+    import avalanche_meta.strategies.er as er_module
+
+    checks = []
+    monkeypatch.setattr(er_module, "check_finite_loss", lambda l, w: checks.append(w))
+    strategy = ER(
+        model=MLP(D, (8,), C).to("meta"),
+        device="meta",
+        mem_size=4,
+        replay_batch_size=3,
+        num_classes=C,
+        scenario="class",
+        seed=0,
+        evaluator=_silent(),
+    )
+    x, y, t = _meta_stream()
+    for i in range(x.shape[0]):
+        strategy.active_units.observe(y[i : i + 1], t[i : i + 1], check=False)
+        strategy.learn_example(x[i : i + 1], y[i : i + 1], t[i : i + 1])
+        strategy.memory.add(x[i], y[i], t[i])
+    assert len(checks) == x.shape[0]  # ER checks each step's loss before it
+
+
+@pytest.mark.parametrize("loop", ["torchscript", "autograd"])
+def test_nan_caught_once_per_example_and_parameters_restored(loop):
+    """The GPU paths check once per example: a NaN in the example's first batch is
+    still caught, reported and not kept, whatever came after it."""
+    torch.manual_seed(7)
+    strategy = _mer(MLP(D, (8,), C), fast_path=loop != "autograd", loop=loop)
+    x, y, t = _stream(n=4)
+    _run_strategy(strategy, x, y, t)
+    before = _params(strategy.model)
+    memory_before = strategy.memory.n_seen
+    bad = x[:1].clone()
+    bad[0, 2] = float("inf")
+    with pytest.raises(NonFiniteLossError, match="restored to before the example"):
+        strategy.learn_example(bad, y[:1], t[:1])
+    assert torch.equal(_params(strategy.model), before)
+    assert strategy.memory.n_seen == memory_before  # nothing stored either
+    strategy.learn_example(x[:1], y[:1], t[:1])  # and it goes on afterwards
+    assert torch.isfinite(_params(strategy.model)).all()
+
+
+def test_fast_path_is_skipped_when_forward_hooks_change_the_model():
+    model = MLP(D, (8,), C)
+    assert _mer(model).inner_loop != "autograd"
+    hooked = MLP(D, (8,), C)
+    handle = hooked.features[1].register_forward_hook(lambda m, i, o: o * 0)
+    assert _mer(hooked).inner_loop == "autograd"  # the compiled loops skip hooks
+    handle.remove()
+    assert _mer(hooked).inner_loop != "autograd"

@@ -674,3 +674,31 @@ def test_output_only_calibrates_the_output_layer_alone():
         if n.endswith(("psi", "lam", "psi_bias"))
     ]
     assert sorted(cal) == ["classifier.psi", "classifier.psi_bias"]
+
+
+def test_everything_lives_on_the_strategys_device():
+    """Built with device="meta" (a device where nothing can be read back), every
+    tensor of the strategy is there: model (calibration parameters included),
+    memory, masks, both optimizers' parameters."""
+    strategy = _strategy(device="meta")
+    # moving to "meta" replaces parameter objects (moving to "cuda" keeps them):
+    # Avalanche's make_optimizer, run at every experience, re-reads the model
+    strategy.make_optimizer()
+    tensors = list(strategy.model.parameters()) + list(strategy.model.buffers())
+    tensors += list(strategy.memory.buffers()) + list(strategy.active_units.buffers())
+    for opt in (strategy.optimizer, strategy.calibration_optimizer):
+        tensors += [p for g in opt.param_groups for p in g["params"]]
+    assert tensors and all(t.device.type == "meta" for t in tensors)
+
+
+def test_outer_loss_is_kept_on_the_device_and_task_il_check_is_per_experience():
+    torch.manual_seed(0)
+    strategy = _strategy(scenario="task")
+    bm = _benchmark(task_labels=True, n_per_class=10)
+    _train(strategy, bm)  # sub-experiences of one experience share a task label
+    assert isinstance(strategy.calibration_loss, torch.Tensor)  # no float(): no sync
+    assert torch.isfinite(strategy.calibration_loss)
+    # the same stream with boundaries hidden: identified by the origin experience
+    other = _strategy(scenario="task")
+    _train(other, bm, task_boundaries=False)
+    assert other._task_label_owners == {0: ("exp", 0), 1: ("exp", 1)}
