@@ -679,15 +679,15 @@ def test_output_only_calibrates_the_output_layer_alone():
 def test_everything_lives_on_the_strategys_device():
     """Built with device="meta" (a device where nothing can be read back), every
     tensor of the strategy is there: model (calibration parameters included),
-    memory, masks, both optimizers' parameters."""
+    memory, masks, the calibration optimizer's parameters."""
     strategy = _strategy(device="meta")
-    # moving to "meta" replaces parameter objects (moving to "cuda" keeps them):
-    # Avalanche's make_optimizer, run at every experience, re-reads the model
-    strategy.make_optimizer()
     tensors = list(strategy.model.parameters()) + list(strategy.model.buffers())
     tensors += list(strategy.memory.buffers()) + list(strategy.active_units.buffers())
-    for opt in (strategy.optimizer, strategy.calibration_optimizer):
-        tensors += [p for g in opt.param_groups for p in g["params"]]
+    # (the base optimizer is the user's: moving to "meta" replaces parameter
+    # objects, moving to "cuda" keeps them, and Avalanche's make_optimizer re-reads
+    # the model at every experience)
+    opt = strategy.calibration_optimizer
+    tensors += [p for g in opt.param_groups for p in g["params"]]
     assert tensors and all(t.device.type == "meta" for t in tensors)
 
 
