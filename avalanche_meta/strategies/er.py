@@ -571,6 +571,13 @@ class ER(PerExampleReplayTemplate):
     Other keyword arguments are Avalanche's (``train_mb_size``, ``eval_mb_size``,
     ``device``, ``plugins``, ``evaluator``, ``eval_every``, ...).
 
+    Plugins: ER fires Avalanche's forward, backward and update callbacks around
+    each example's step when a plugin implements one of them, with ``mbatch`` set
+    to the replay batch, so ``EWCPlugin``, ``SynapticIntelligencePlugin`` or
+    ``LwFPlugin`` add their terms to every step; ``ReplayPlugin`` and XdG compose
+    too (see :class:`PerExampleReplayTemplate`). On a GPU each step's loss is
+    checked before its update (one host sync per example).
+
     Example::
 
         from avalanche_meta.models.mlp import MLP

@@ -61,6 +61,33 @@ Controls (not in the paper; for the ablations of ``reproduce nccl``):
 - ``fcm_position="after_bn"``: FCM after the batch norm that follows a layer (see
   :mod:`avalanche_meta.models.calibration`; irrelevant for MLPs).
 
+Use as an Avalanche strategy:
+
+- construction is keyword-only (a positional argument or an unknown keyword is an
+  error naming it and its close matches); ``criterion`` must be a mean
+  ``nn.CrossEntropyLoss`` without label smoothing (the losses are cross-entropies
+  of masked logits), anything else is refused with the reason;
+- Task-IL (``scenario="task"``) needs a distinct task label per task: an
+  experience reusing an earlier experience's task label (a benchmark without task
+  labels) is an error naming the fix (``return_task_id=True`` or
+  ``scenario="class"``); the check runs once per experience on the experience's
+  own task labels, so replayed samples of a host ``ReplayPlugin`` (which keep
+  their task labels) are fine; ``(x, y)`` mini-batches get task label 0 in
+  Class-IL and are refused in Task-IL; floating inputs of any dtype are cast to
+  the model's;
+- plugins: the first-order inner steps fire Avalanche's forward, backward and
+  update callbacks (``EWCPlugin``, ``LwFPlugin``, ... compose);
+  ``second_order=True`` refuses such plugins (its inner steps run on a clone
+  without callbacks); ``ReplayPlugin`` composes (its samples are in the batches,
+  and enter the memory like incoming ones); XdG is given the task labels of every
+  forward pass (memory batches included) and follows the calibrated layers;
+- evaluation: predictions use the masked logits; the loss is the cross-entropy
+  over the active units plus each sample's own class (finite on classes not
+  trained yet, see :meth:`NeuronCalibration.criterion`);
+- devices: everything lives on ``device``; the outer loss is kept as a device
+  tensor (``calibration_loss``). The episodic memory's bookkeeping still reads a
+  few values back per stored sample (a GPU runs it, with host syncs).
+
 Task boundaries: the task index grows when the training experience changes: the
 origin experience of an online sub-experience when it is readable
 (``access_task_boundaries=True``), else the experience itself, else each call to
