@@ -871,6 +871,8 @@ def iter_task_predictions(
         shots=evaluation.shots,
         query_shots=evaluation.query_shots,
         seed=seed,
+        name=f"evaluation experience {exp_id} (few-shot evaluation settings: "
+        "fewshot_eval or the FewShotAccuracy metric)",
     )
     rule = evaluation.rule
     generator = torch.Generator().manual_seed(seed)
