@@ -20,6 +20,18 @@ from avalanche_meta.checkpoint import install as _install_checkpoint_fix
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "set_threads"]
+
+
+def set_threads(n: int) -> None:
+    """Set torch's CPU threads for this process (see :func:`avalanche_meta.fewshot.set_threads`).
+
+    The library never changes torch's thread count by itself; small models train
+    fastest with one thread on a shared machine (the command line uses 1).
+    """
+    from avalanche_meta.fewshot import set_threads as _set
+
+    _set(n)
+
 
 _install_checkpoint_fix()

@@ -189,11 +189,20 @@ def _evaluator(ctx: RunContext, metric):
     )
 
 
-def fit_fewshot(ctx: RunContext, strategy, info: BenchmarkInfo) -> None:
+def fit_fewshot(ctx: RunContext, strategy, info: BenchmarkInfo) -> Dict[str, Any]:
     """Train on each experience, few-shot evaluate the whole test stream after it.
 
     The few-shot accuracies fill the run's accuracy matrix (so ``run`` / ``compare``
-    report them) and ``fewshot.json`` in the run folder (with the 95% CIs).
+    report them); the same figures with their 95% confidence intervals are returned
+    as ``{"fewshot": ...}`` (the runner adds them to ``results.json``) and written to
+    ``fewshot.json`` in the run folder, beside the meta-trained model
+    (``fewshot_model.pt`` + ``fewshot_model.json``, read back by
+    :func:`avalanche_meta.fewshot.load`).
+
+    :return: ``{"fewshot": {"unit": "fraction", "settings": ..., "accuracy_matrix":
+        R, "ci95_matrix": CI}}`` (``R[i][j]``: mean accuracy over the test tasks of
+        evaluation experience ``j`` after training experience ``i``; ``CI[i][j]``:
+        the half-width of its 95% confidence interval over those tasks).
     """
     from avalanche_meta.evaluation.metrics import AccuracyMatrix
 
@@ -212,23 +221,24 @@ def fit_fewshot(ctx: RunContext, strategy, info: BenchmarkInfo) -> None:
             m.load_state_dict(
                 {"rows": rows, "initial": initial, "trained": len(rows) - 1}
             )
+    payload = {
+        "unit": "fraction",
+        "settings": {**metric.kwargs, "continue_adam": metric.continue_adam},
+        "accuracy_matrix": metric.matrix,
+        "ci95_matrix": metric.ci_matrix,
+    }
     if ctx.out_dir is not None:
         Path(ctx.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(ctx.out_dir) / "fewshot.json").write_text(
-            json.dumps(
-                {
-                    "unit": "fraction",
-                    "settings": {
-                        **metric.kwargs,
-                        "continue_adam": metric.continue_adam,
-                    },
-                    "accuracy_matrix": metric.matrix,
-                    "ci95_matrix": metric.ci_matrix,
-                },
-                indent=2,
-            )
-            + "\n"
+            json.dumps(payload, indent=2) + "\n"
         )
+        # The meta-trained model and its adaptation rule, for use on a user's own
+        # task: ``avalanche_meta.fewshot.load(out_dir)``.
+        from avalanche_meta.fewshot import save
+
+        save(strategy, ctx.out_dir, info={"benchmark": info.name, "seed": ctx.seed})
+        payload["model_folder"] = str(ctx.out_dir)
+    return {"fewshot": payload}
 
 
 # --------------------------------------------------------------------------------
