@@ -271,6 +271,89 @@ def _long_tensor(values: Union[Sequence[int], Tensor], device) -> Tensor:
     return torch.as_tensor(list(values), device=device, dtype=torch.long)
 
 
+class _OpenDecoder(torch.autograd.Function):
+    """The gated decoder on open units, groups of rows at a time, with its own
+    backward pass.
+
+    ``spec`` lists ``(start, end, units, gates)`` per group of consecutive rows of
+    ``z``: ``units[i]`` are the indices of the units of hidden layer ``i`` that the
+    group computes, ``gates[i]`` their gate values per row (None: all 1, hard
+    masks). Parameters: ``W_0, b_0, ..., W_L, b_L`` of the hidden layers, then the
+    output layer's ``W, b``. The backward pass writes every group's gradient into
+    one buffer per parameter (autograd through per-group ``index_select`` would
+    allocate a full-size gradient per group and add them up). Gates are constants
+    (no gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, z, spec, *params):
+        n_hidden = len(params) // 2 - 1
+        w_out, b_out = params[-2], params[-1]
+        out = z.new_empty(z.shape[0], w_out.shape[0])
+        saved = []
+        for start, end, units, gates in spec:
+            h = z[start:end]
+            acts, relus, subs = [h], [], []
+            prev = None
+            for i in range(n_hidden):
+                w = params[2 * i].index_select(0, units[i])
+                if prev is not None:
+                    w = w.index_select(1, prev)
+                a = torch.addmm(params[2 * i + 1].index_select(0, units[i]), h, w.t())
+                r = a.clamp_min_(0.0)
+                h = r if gates is None else r * gates[i]
+                subs.append(w)
+                relus.append(r)
+                acts.append(h)
+                prev = units[i]
+            w = w_out.index_select(1, prev)
+            out[start:end] = torch.addmm(b_out, h, w.t())
+            subs.append(w)
+            saved.append((acts, relus, subs))
+        ctx.spec, ctx.saved, ctx.n_hidden = spec, saved, n_hidden
+        ctx.param_shapes = [p.shape for p in params]
+        ctx.z_shape = z.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        n_hidden, needs = ctx.n_hidden, ctx.needs_input_grad
+        g_params = [
+            (g_out.new_zeros(shape) if needs[2 + k] else None)
+            for k, shape in enumerate(ctx.param_shapes)
+        ]
+        g_z = g_out.new_zeros(ctx.z_shape) if needs[0] else None
+        if needs[-1]:
+            g_params[-1] = g_out.sum(0)
+        for (start, end, units, gates), (acts, relus, subs) in zip(ctx.spec, ctx.saved):
+            g = g_out[start:end]
+            if g_params[-2] is not None:
+                g_params[-2].index_add_(1, units[-1], g.t() @ acts[-1])
+            g_h = g @ subs[-1]
+            for i in reversed(range(n_hidden)):
+                g_a = g_h if gates is None else g_h * gates[i]
+                g_a = g_a.masked_fill(relus[i] <= 0, 0.0)
+                g_w, g_b = g_params[2 * i], g_params[2 * i + 1]
+                if g_w is not None:
+                    block = g_a.t() @ acts[i]
+                    if i == 0:
+                        g_w.index_add_(0, units[0], block)
+                    else:
+                        g_w.index_put_(
+                            (units[i].unsqueeze(1), units[i - 1].unsqueeze(0)),
+                            block,
+                            accumulate=True,
+                        )
+                if g_b is not None:
+                    g_b.index_add_(0, units[i], g_a.sum(0))
+                if i > 0 or g_z is not None:
+                    g_h = g_a @ subs[i]
+            if g_z is not None:
+                g_z[start:end] = g_h
+        ctx.saved = None
+        return (g_z, None, *g_params)
+
+
 class ReplayVAE(Generator, nn.Module):
     """Fully connected VAE with optional classifier, mixture prior and decoder gates.
 
@@ -498,7 +581,7 @@ class ReplayVAE(Generator, nn.Module):
         if self.gates is not None:
             context = torch.as_tensor(context, device=z.device)
             hard = not (context.dim() == 2 and context.is_floating_point())
-            if not hard and self._open_units_apply(z):
+            if not hard and not context.requires_grad and self._open_units_apply(z):
                 if context.shape != (z.shape[0], self.gates.n_contexts):
                     self.gates(z[:, :0], 0, context)  # raises the shape error
                 return self._decode_open_blend(z, context)
@@ -534,30 +617,27 @@ class ReplayVAE(Generator, nn.Module):
         opens = [gates.open_units(i) for i in range(len(self.decoder))]
         counts = torch.bincount(context, minlength=gates.n_contexts).tolist()
         present = [(c, k) for c, k in enumerate(counts) if k]
+        order = None if len(present) == 1 else torch.argsort(context, stable=True)
         if len(present) == 1:
-            order = None
-            chunks = [z]
+            sorted_z = z
         else:
-            order = torch.argsort(context, stable=True)
-            chunks = list(z.index_select(0, order).split([k for _, k in present]))
-        outs = []
-        for (c, _), h in zip(present, chunks):
-            prev = None
-            for i, layer in enumerate(self.decoder):
-                idx = opens[i][c]
-                w = layer.weight.index_select(0, idx)
-                if prev is not None:
-                    w = w.index_select(1, prev)
-                h = F.relu(F.linear(h, w, layer.bias.index_select(0, idx)))
-                prev = idx
-            outs.append(
-                F.linear(h, self.to_x.weight.index_select(1, prev), self.to_x.bias)
-            )
+            sorted_z = z.index_select(0, order)
+        spec, start = [], 0
+        for c, k in present:
+            spec.append((start, start + k, [o[c] for o in opens], None))
+            start += k
+        out = _OpenDecoder.apply(sorted_z, spec, *self._decoder_params())
         if order is None:
-            return outs[0]
+            return out
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
-        return torch.cat(outs).index_select(0, inverse)
+        return out.index_select(0, inverse)
+
+    def _decoder_params(self) -> List[Tensor]:
+        params: List[Tensor] = []
+        for layer in self.decoder:
+            params += [layer.weight, layer.bias]
+        return params + [self.to_x.weight, self.to_x.bias]
 
     def _decode_open_blend(self, z: Tensor, weights: Tensor) -> Tensor:
         """The gated decoder with blended gates, on the units some sample needs.
@@ -566,22 +646,21 @@ class ReplayVAE(Generator, nn.Module):
         batch (no context with a non-zero weight leaves it open) is an exact zero
         in the dense computation; only the other units are computed, each
         multiplied by its blended gate. Same result as the dense decoder up to
-        float summation order (tested to 1e-6).
+        float summation order (tested to 1e-6). Weights that need a gradient are
+        decoded densely (a closed unit still has a derivative with respect to the
+        weight of a context that would open it).
         """
         gates = self.gates
         weights = weights.to(z.dtype)
         used = (weights != 0).any(0)  # contexts some sample blends in
-        h, prev = z, None
-        for i, layer in enumerate(self.decoder):
+        units, values = [], []
+        for i in range(len(self.decoder)):
             m = gates.mask(i)
             idx = torch.nonzero(m[used].any(0)).flatten()
-            w = layer.weight.index_select(0, idx)
-            if prev is not None:
-                w = w.index_select(1, prev)
-            gate = weights @ m.index_select(1, idx)
-            h = F.relu(F.linear(h, w, layer.bias.index_select(0, idx))) * gate
-            prev = idx
-        return F.linear(h, self.to_x.weight.index_select(1, prev), self.to_x.bias)
+            units.append(idx)
+            values.append(weights @ m.index_select(1, idx))
+        spec = [(0, z.shape[0], units, values)]
+        return _OpenDecoder.apply(z, spec, *self._decoder_params())
 
     @staticmethod
     def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
