@@ -735,3 +735,52 @@ def test_training_loop_reads_nothing_from_the_device(monkeypatch):
     s.train(info.benchmark.train_stream[2])
     # 27 more iterations read nothing more from tensors than 3 did
     assert sum(counts.values()) == sum(few.values()), (few, counts)
+
+
+@pytest.mark.parametrize("gate_compute", ["dense", "open"])
+@pytest.mark.parametrize("preset", ["BI-R", "DGR"])
+def test_training_loop_creates_no_tensor_on_a_default_device(preset, gate_compute):
+    """Every tensor the replay loop creates is put on the strategy's device
+    explicitly (what a GPU needs): with torch's default device set to "meta" during
+    the training loop, a tensor created without a device would be a meta tensor and
+    the first operation mixing it with the model's CPU tensors would fail."""
+    torch.manual_seed(0)
+    info = split_digits(scenario="class", n_experiences=5)
+    if preset == "BI-R":
+        vae = small_vae(gate_compute=gate_compute)
+        s = BrainInspiredReplay.BIR(
+            model=vae,
+            optimizer=torch.optim.Adam(vae.parameters(), fused=True),
+            iterations=3,
+            train_mb_size=8,
+            evaluator=evaluator(),
+        )
+    else:
+        clf = MLP(input_size=64, hidden_sizes=(16,), num_classes=10)
+        gen = small_vae(feedback=False, conditional=False, gating=0.0)
+        s = BrainInspiredReplay.DGR(
+            model=clf,
+            optimizer=torch.optim.Adam(clf.parameters(), fused=True),
+            generator=gen,
+            generator_optimizer=torch.optim.Adam(gen.parameters(), fused=True),
+            distillation=2.0,
+            iterations=3,
+            train_mb_size=8,
+            evaluator=evaluator(),
+        )
+    stream = info.benchmark.train_stream
+    s.train(stream[0])
+    s.train(stream[1])
+    loop = s.training_epoch
+
+    def on_meta(**kw):
+        with torch.device("meta"):
+            return loop(**kw)
+
+    s.training_epoch = on_meta
+    before = [p.detach().clone() for p in s.model.parameters()]
+    s.train(stream[2])  # with replay
+    after = list(s.model.parameters())
+    assert all(p.device.type == "cpu" for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    assert s._replay is None and s.loss_terms["replay_class"] > 0

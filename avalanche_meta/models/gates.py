@@ -160,7 +160,9 @@ class ContextGates(nn.Module):
 
     def check_context(self, context: Tensor) -> None:
         """Raise a clear error if an integer context is outside ``n_contexts``."""
-        context = torch.as_tensor(context).long().flatten()
+        if not isinstance(context, Tensor):
+            context = torch.as_tensor(context, device=self.mask(0).device)
+        context = context.long().flatten()
         if context.numel() and (
             int(context.min()) < 0 or int(context.max()) >= self.n_contexts
         ):
