@@ -35,6 +35,18 @@ Each training iteration (as in the paper; ``n`` = experiences seen so far):
    classification (or distillation) loss plus, with feedback, the VAE's loss; the
    separate generator of DGR is trained with the same weighting and replayed batch.
 
+How an iteration is computed (the same maths, less work): by default the current
+and the replayed batch go through the model in one forward and one backward pass
+(``fused=True``; the losses are taken from the two row blocks); the gated decoder
+computes only the units the gates leave open (``ReplayVAE(gate_compute=...)``, on
+the CPU by default); the previous model labels replay without its latent heads;
+what replay draws from (previous classes, task of each class, the output masks) is
+computed once per experience; loss terms stay on the device until
+:attr:`BrainInspiredReplay.loss_terms` is read; a non-finite loss is looked for
+every iteration on the CPU and through a device flag elsewhere
+(``nan_check_every``). ``fused=False`` and ``gate_compute="dense"`` give the
+straightforward computation; tests check that both give the same gradients.
+
 Active output units: Task-IL, the classes of each sample's task (a replayed sample's
 task is the task of the class it was generated from; an unconditionally generated
 sample is scored once for every previous task, and the losses averaged); Class-IL,
