@@ -291,7 +291,11 @@ class NoiseQueue:
         self.items: List[torch.Tensor] = []
 
     def reparameterize(self, mu, logvar):
+        # one call may cover several queued batches (our fused current + replay
+        # pass): their noise, in order
         eps = self.items.pop(0)
+        while eps.shape[0] < mu.shape[0] and self.items:
+            eps = torch.cat([eps, self.items.pop(0)])
         if eps.shape != mu.shape:
             raise RuntimeError(f"noise shape {tuple(eps.shape)} for {tuple(mu.shape)}")
         return mu + (0.5 * logvar).exp() * eps
@@ -622,7 +626,7 @@ def run_preset(
             s_ref = prev_ref.classify(x_ref)[:, :2]
         y_gen = y_r if (cfg["conditional"] or gated) else None
         prev_gen_ours.sample = (
-            lambda n, classes=None, contexts=None, _x=x_ours, _y=y_gen: (
+            lambda n, classes=None, contexts=None, _x=x_ours, _y=y_gen, **_: (
                 _x.view(n, -1),
                 _y,
                 None,

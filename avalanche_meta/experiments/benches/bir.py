@@ -172,7 +172,9 @@ class _Clock:
         self.last = None if now is None else time.perf_counter()
 
 
-def _ours(protocol: str, data_root: Optional[str], first_iters: int):
+def _ours(
+    protocol: str, data_root: Optional[str], first_iters: int, device: str = "cpu"
+):
     """Our BI-R for ``protocol`` (as the command line builds it) and its benchmark."""
     from avalanche.training.plugins import EvaluationPlugin
 
@@ -199,8 +201,9 @@ def _ours(protocol: str, data_root: Optional[str], first_iters: int):
     )
     strategy = BrainInspiredReplay.BIR(
         model=vae,
-        optimizer=bir_adam(vae.parameters(), lr, (0.9, 0.999), "cpu"),
+        optimizer=bir_adam(vae.to(device).parameters(), lr, (0.9, 0.999), device),
         scenario=scenario,
+        device=device,
         iterations=first_iters,
         train_mb_size=batch,
         evaluator=EvaluationPlugin(loggers=[]),
@@ -261,6 +264,16 @@ def measure(
         strategy.train(info.benchmark.train_stream[1])
         out["permuted_ms"] = 1000 * statistics.median(clock.times)
         out["permuted_n"] = len(clock.times)
+    if torch.cuda.is_available():
+        strategy, info = _ours("split", data_root, first_iters=5, device="cuda")
+        strategy.train(info.benchmark.train_stream[0])
+        clock = _Clock(5, 10**9, None, iterations)
+        strategy.plugins.append(clock.plugin)
+        strategy.iterations = iterations + 10
+        strategy.train(info.benchmark.train_stream[1])
+        torch.cuda.synchronize()
+        out["gpu"] = torch.cuda.get_device_name()
+        out["gpu_split_ms"] = 1000 * statistics.median(clock.times)
     out["loadavg_1min"] = os.getloadavg()[0]
     return out
 
@@ -304,10 +317,23 @@ def bench_bir(ctx: BenchContext) -> dict:
                 f"{res['permuted_ms']:.1f}",
             ]
         )
+    if "gpu_split_ms" in res:
+        rows.append(
+            [
+                f"BI-R (avalanche_meta) on {res['gpu']}",
+                "split MNIST, batch 128, 2x400",
+                res["ours_n"],
+                f"{res['gpu_split_ms']:.1f}",
+            ]
+        )
     table = _table(
         ["implementation", "protocol", "iterations timed", "ms / iteration"], rows
     )
     print(table)
+    if "gpu_split_ms" not in res:
+        print(
+            "no GPU here (torch.cuda.is_available() is False): GPU figures not measured"
+        )
     print(
         f"ratio plain / avalanche_meta (split MNIST): "
         f"{res['ratio_plain_over_ours']:.2f}x (load average {res['loadavg_1min']:.1f})"
@@ -328,7 +354,13 @@ def bench_bir(ctx: BenchContext) -> dict:
             f"{res['loadavg_1min']:.1f}).\n\n"
             + table
             + f"\n\nRatio of ms per iteration (plain / avalanche_meta): "
-            f"{res['ratio_plain_over_ours']:.2f}x.\n"
+            f"{res['ratio_plain_over_ours']:.2f}x."
+            + (
+                ""
+                if "gpu_split_ms" in res
+                else " No GPU on this machine: GPU figures not measured."
+            )
+            + "\n"
         )
         write_section(
             "bench bir" + (" --quick" if ctx.quick else ""),
