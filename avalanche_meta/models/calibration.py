@@ -80,8 +80,7 @@ Example::
 
 from __future__ import annotations
 
-import math
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -697,8 +696,11 @@ def fisher_importance(
         g_tilde = g.detach() / s
         Lambda.append(g_tilde.pow(2) / s)
     if normalize:
-        peak = max((float(L.max()) for L in Lambda if L.numel()), default=0.0)
-        if peak > 0 and math.isfinite(peak):
+        peaks = [L.max() for L in Lambda if L.numel()]
+        if peaks:  # on the device: no host read (a GPU step stays asynchronous)
+            peak = torch.stack(peaks).max()
+            ok = (peak > 0) & torch.isfinite(peak)
+            peak = torch.where(ok, peak, torch.ones_like(peak))
             Lambda = [L / peak for L in Lambda]
     return Lambda
 
@@ -829,22 +831,37 @@ class CalibrationMemory(nn.Module):
             raise ValueError(f"call start_task({k}) before adding samples of task {k}.")
         self._allocate(x, logits)
         q = self.quota()
+        # The slot bookkeeping runs on a host copy of `task` (one read per batch on
+        # a GPU, none on the CPU); the draws are the same CPU calls as a sample-by-
+        # sample loop's, and each slot keeps the last sample written to it.
+        task = self.task.cpu()
+        seen = int(self.seen[k])
+        chosen: Dict[int, int] = {}
         for i in range(x.shape[0]):
-            self.seen[k] += 1
-            mine = (self.task == k).nonzero().flatten()
+            seen += 1
+            mine = (task == k).nonzero().flatten()
             if len(mine) < q:
-                free = (self.task < 0).nonzero().flatten()
+                free = (task < 0).nonzero().flatten()
                 slot = int(free[0])
             else:
-                j = int(torch.randint(0, int(self.seen[k]), (1,)))
+                j = int(torch.randint(0, seen, (1,)))
                 if j >= len(mine):
                     continue
                 slot = int(mine[j])
-            self.x[slot] = x[i]
-            self.y[slot] = y[i]
-            self.t[slot] = t[i]
-            self.logits[slot] = logits[i].detach()
-            self.task[slot] = k
+            task[slot] = k
+            chosen[slot] = i
+        self.seen[k] += x.shape[0]
+        if not chosen:
+            return
+        dev = self.x.device
+        slots = torch.tensor(list(chosen.keys()), dtype=torch.long, device=dev)
+        rows = torch.tensor(list(chosen.values()), dtype=torch.long, device=x.device)
+        self.x[slots] = x[rows].to(self.x.dtype)
+        self.y[slots] = y[rows].to(dev)
+        self.t[slots] = t[rows].to(dev)
+        self.logits[slots] = logits[rows].detach().to(self.logits.dtype)
+        if task is not self.task:
+            self.task.copy_(task)
 
     def sample(
         self, n: int, *, exclude_task: Optional[int] = None

@@ -149,6 +149,7 @@ class XdG(KeywordOnlyConstruction, SupervisedPlugin):
         self._experience_task: Optional[int] = None
         self._use_experience_task = False
         self._queues: Dict[int, List[Tuple[int, int]]] = {}
+        self._split = False
         self._trained_tasks: set = set()
         self._owners: Dict[int, Tuple] = {}
         self._train_calls = 0
@@ -181,12 +182,14 @@ class XdG(KeywordOnlyConstruction, SupervisedPlugin):
                     f"XdG gates the layer {name!r}, which the model no longer has as "
                     "an nn.Linear: build XdG after any change of the model's layers."
                 )
+        self.gates.to(next(model.parameters()).device)  # no copy per forward
         if len(self._hooked) == len(current) and all(
             a is b for a, b in zip(self._hooked, current)
         ):
             return
         self.remove()
         self._hooked = current
+        self._split = isinstance(model, MultiTaskModule)
         self._handles = [
             m.register_forward_hook(self._hook(i)) for i, m in enumerate(current)
         ]
@@ -207,21 +210,30 @@ class XdG(KeywordOnlyConstruction, SupervisedPlugin):
                 # a multi-head model is given the task labels: use them directly
                 self._tasks = t.long().flatten()
                 self._use_experience_task = False
-            if isinstance(t, Tensor) and t.dim() > 0 and t.numel() > 1:
-                uniq, counts = torch.unique(t.long(), return_counts=True)
-                if uniq.numel() > 1:  # MultiTaskModule: one sub-batch per task, sorted
-                    order = list(zip(uniq.tolist(), counts.tolist()))
-                    self._queues = {i: list(order) for i in range(len(self.layers))}
 
         return hook
+
+    def _split_queue(self, i: int) -> List[Tuple[int, int]]:
+        """The (task, count) sub-batches a multi-head model that splits its batch
+        per task (Avalanche's ``MultiTaskModule.forward``: sorted task labels) will
+        pass through layer ``i``; computed when first needed (it reads the counts
+        back to the host, as that forward itself does)."""
+        if i not in self._queues:
+            t = self._tasks
+            if t is None or t.numel() < 2:
+                self._queues[i] = []
+            else:
+                uniq, counts = torch.unique(t, return_counts=True)
+                self._queues[i] = list(zip(uniq.tolist(), counts.tolist()))
+        return self._queues[i]
 
     def _hook(self, i: int):
         def hook(module, inputs, output):
             n = output.shape[0]
-            queue = self._queues.get(i)
             if self._tasks is not None and self._tasks.numel() == n:
                 t = self._tasks  # the whole batch (a split one has smaller parts)
-            elif queue:
+            elif self._split and self._split_queue(i):
+                queue = self._split_queue(i)
                 task, count = queue.pop(0)
                 if count != n:
                     raise ValueError(
