@@ -554,3 +554,45 @@ def test_fast_path_is_skipped_when_forward_hooks_change_the_model():
     assert _mer(hooked).inner_loop == "autograd"  # the compiled loops skip hooks
     handle.remove()
     assert _mer(hooked).inner_loop != "autograd"
+
+
+@pytest.mark.parametrize("method", ["er", "mer"])
+def test_multi_head_state_dict_resumes_across_a_task_boundary(method):
+    """Issue 12: a fresh multi-head model has only head 0; load_state_dict gives it
+    the saved heads (and widths), the optimizer all parameters, and torch's global
+    random state (dropout draws from it) comes back too."""
+    from avalanche.models import MTSimpleMLP
+
+    bm = _benchmark(task_labels=True, n=12)
+
+    def build():
+        torch.manual_seed(0)
+        model = MTSimpleMLP(input_size=D, hidden_size=8)  # dropout 0.5: uses the RNG
+        common = dict(
+            model=model,
+            mem_size=6,
+            replay_batch_size=2,
+            scenario="task",
+            num_classes=C,
+            seed=1,
+            evaluator=_silent(),
+        )
+        if method == "er":
+            return ER(lr=0.1, **common)
+        return MER(lr=0.1, batches_per_example=2, **common)
+
+    straight = build()
+    for exp in bm.train_stream[:2]:
+        straight.train(exp, shuffle=False)
+    buf = io.BytesIO()
+    torch.save(straight.state_dict(), buf)  # after task 1: heads 0 and 1
+    buf.seek(0)
+    straight.train(bm.train_stream[1], shuffle=False)  # goes on: one more pass
+    resumed = build()  # a fresh model (head 0 only), reseeded
+    resumed.load_state_dict(torch.load(buf, weights_only=False))
+    assert set(resumed.model.classifier.classifiers) == {"0", "1"}
+    assert len(resumed.optimizer.param_groups[0]["params"]) == len(
+        list(resumed.model.parameters())
+    )
+    resumed.train(bm.train_stream[1], shuffle=False)
+    assert torch.equal(_params(resumed.model), _params(straight.model))

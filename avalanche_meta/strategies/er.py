@@ -513,8 +513,17 @@ class PerExampleReplayTemplate(KeywordOnlyConstruction, SupervisedTemplate):
 
     # -- state -----------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        """Model, memory (with its RNG), active units and optimizer: resumes exactly."""
+        """Everything to resume exactly: model, memory (with its RNG), active units,
+        optimizer, Task-IL bookkeeping and torch's global random state (CPU, and
+        CUDA when it is in use: dropout and Avalanche's shuffling draw from it).
+
+        A multi-head model's heads (and their sizes) are in the model's state; see
+        :meth:`load_state_dict`."""
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
+            "torch_rng": rng,
             "model": self.model.state_dict(),
             "memory": self.memory.state_dict(),
             "num_classes": self.num_classes,
@@ -527,7 +536,18 @@ class PerExampleReplayTemplate(KeywordOnlyConstruction, SupervisedTemplate):
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (parameters are copied in place)."""
+        """Restore what :meth:`state_dict` returned (parameters are copied in place).
+
+        Avalanche multi-head models (``MultiHeadClassifier`` inside the model) get
+        the heads the saved model had, with its widths and unit masks, before the
+        weights are loaded (a fresh model has only head 0, and heads grow during
+        training); the optimizer is then re-pointed at all the model's parameters.
+        """
+        if _grow_heads_like(self.model, state["model"]):
+            from avalanche.models.dynamic_optimizers import reset_optimizer
+
+            reset_optimizer(self.optimizer, self.model)
+            self.optimized_param_id = None
         self.model.load_state_dict(state["model"])
         self.memory.load_state_dict(state["memory"])
         if state["num_classes"] is not None:
@@ -537,6 +557,55 @@ class PerExampleReplayTemplate(KeywordOnlyConstruction, SupervisedTemplate):
         self.optimizer.load_state_dict(state["optimizer"])
         self._task_label_owners = dict(state.get("task_label_owners", {}))
         self._train_calls = int(state.get("train_calls", 0))
+        rng = state.get("torch_rng")
+        if rng is not None:
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _grow_heads_like(model: nn.Module, saved: Dict[str, Tensor]) -> bool:
+    """Give every ``MultiHeadClassifier`` of ``model`` the heads, head widths and
+    unit-mask buffers of the saved state ``saved``; return True if anything changed."""
+    from avalanche.models import IncrementalClassifier, MultiHeadClassifier
+
+    changed = False
+    for name, mh in model.named_modules():
+        if not isinstance(mh, MultiHeadClassifier):
+            continue
+        prefix = f"{name}." if name else ""
+        device = next(mh.parameters()).device
+        for key, weight in saved.items():
+            head_prefix = prefix + "classifiers."
+            if not (key.startswith(head_prefix) and key.endswith(".classifier.weight")):
+                continue
+            tid = key[len(head_prefix) : -len(".classifier.weight")]
+            if "." in tid:
+                continue
+            out_f, in_f = weight.shape
+            head = mh.classifiers[tid] if tid in mh.classifiers else None
+            if head is None or head.classifier.weight.shape != weight.shape:
+                new = IncrementalClassifier(
+                    in_f, out_f, masking=False, auto_adapt=False
+                ).to(device)
+                mh.classifiers[tid] = new
+                changed = True
+            head_au = saved.get(f"{head_prefix}{tid}.active_units")
+            if head_au is not None:
+                mh.classifiers[tid].register_buffer(
+                    "active_units", torch.zeros_like(head_au, device=device)
+                )
+            au = saved.get(f"{prefix}active_units_T{tid}")
+            if au is not None:
+                mh.register_buffer(
+                    f"active_units_T{tid}", torch.zeros_like(au, device=device)
+                )
+            mh.max_class_label = max(mh.max_class_label, out_f)
+            if au is not None and bool(au.any()):  # units set in training only
+                for m in (model, mh):
+                    if isinstance(m, MultiTaskModule):
+                        m.known_train_tasks_labels.add(int(tid))
+    return changed
 
 
 class ER(PerExampleReplayTemplate):
