@@ -337,7 +337,10 @@ def test_state_dict_round_trip_resumes_exactly():
     a.train(split_online_stream([exps[0]], 10, access_task_boundaries=True))
     state = a.state_dict()
     b = _strategy(second_order=True)
+    torch.manual_seed(7)
     b.load_state_dict(state)
+    # torch's global random state (the memory's draws use it) is restored too
+    assert torch.equal(torch.get_rng_state(), state["torch_rng"]["cpu"])
     for key in ("model", "memory", "active_units"):
         sa, sb = state[key], b.state_dict()[key]
         assert sa.keys() == sb.keys()

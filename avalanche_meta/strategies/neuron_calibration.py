@@ -699,8 +699,13 @@ class NeuronCalibration(KeywordOnlyConstruction, SupervisedTemplate):
     # -- checkpoints ----------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to resume exactly: model, optimizers, memory, masks,
-        task bookkeeping."""
+        task bookkeeping and torch's global random state (the memory's draws and
+        dropout use it; CUDA's too when it is in use)."""
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
+            "torch_rng": rng,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "calibration_optimizer": self.calibration_optimizer.state_dict(),
@@ -723,3 +728,8 @@ class NeuronCalibration(KeywordOnlyConstruction, SupervisedTemplate):
         self._boundary_key = state["boundary_key"]
         self._train_calls = int(state["train_calls"])
         self._task_label_owners = dict(state.get("task_label_owners", {}))
+        rng = state.get("torch_rng")
+        if rng is not None:
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
