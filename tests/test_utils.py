@@ -153,3 +153,42 @@ def test_quiet_import_keeps_other_warnings_visible():
     assert out.returncode == 0, out.stderr
     assert "a real warning" in out.stderr
     assert "Gym has been unmaintained" not in out.stderr
+
+
+def test_task_il_check_complete_minibatch_and_cast_inputs():
+    from avalanche_meta.utils.scenario import (
+        cast_inputs,
+        check_distinct_task_labels,
+        complete_minibatch,
+    )
+
+    owners = {}
+    check_distinct_task_labels(owners, ("exp", 0), [0], "ER")
+    check_distinct_task_labels(owners, ("exp", 0), [0], "ER")  # same experience
+    check_distinct_task_labels(owners, ("exp", 1), [1], "ER")
+    with pytest.raises(ValueError, match=r"ER: .*experience 2 .*used by experience 0"):
+        check_distinct_task_labels(owners, ("exp", 2), [0], "ER")
+    x, y = torch.rand(3, 2), torch.tensor([0, 1, 1])
+    assert complete_minibatch([x, y], "class", "ER")[2].tolist() == [0, 0, 0]
+    assert complete_minibatch([x, y], "domain", "ER")[2].dtype == torch.long
+    with pytest.raises(ValueError, match="Task-IL.*return_task_id=True"):
+        complete_minibatch([x, y], "task", "ER")
+    model = nn.Linear(2, 2)
+    assert cast_inputs(x.double(), model).dtype == torch.float32
+    assert cast_inputs(torch.ones(2, dtype=torch.uint8), model).dtype == torch.uint8
+
+
+def test_active_units_masks_without_reading_values_back():
+    """``active`` works on a device where reading values back is impossible."""
+    units = ActiveUnits(4, "task").to("meta")
+    units._grow(2)
+    t = torch.tensor([0, 1, 5], device="meta")  # task 5 never seen: every unit
+    assert units.active(t, 3).shape == (3, 4)
+    cls = ActiveUnits(4, "class").to("meta")
+    cls.observe(torch.tensor([1], device="meta"), check=False)
+    assert cls.active(None, 2).device.type == "meta"
+    # and on the CPU the values are right
+    units = ActiveUnits(4, "task")
+    units.observe_classes([0, 1], task=0)
+    rows = units.active(torch.tensor([0, 3, -1]), 3)
+    assert rows.tolist() == [[True, True, False, False]] + [[True] * 4] * 2
