@@ -27,8 +27,7 @@ A user builds and runs a table from Python with this package alone; the command 
   (``avalanche_builtin``, ``benchmarks``, ``mer``, ``bir``, ``fewshot``, ``nccl``).
 - :mod:`avalanche_meta.experiments.tables`: per method, the reproductions (the papers'
   tables) as plans: ``plan_<name>(ctx) -> Plan`` and the table functions
-  (``baselines``, ``mer``, ``bir``, ``nccl``; ``fewshot`` still runs in the
-  reproduction's process).
+  (``baselines``, ``mer``, ``bir``, ``nccl``, ``fewshot``).
 - :mod:`avalanche_meta.experiments.benches`: speed and memory benches (``bir``,
   ``mer``, ``mer_data``, ``maml``, ``nccl``, ``sweep``).
 

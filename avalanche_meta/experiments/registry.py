@@ -61,8 +61,10 @@ class StrategySpec:
     :param params: hyper-parameters, as ``{name: (type, default, help)}``; each
         becomes a ``--name`` flag (underscores turned into dashes).
     :param presets: named sets of hyper-parameters (``--preset NAME``).
-    :param fit: optional ``fit(ctx, strategy, benchmark) -> None`` that replaces the
-        runner's default train/eval loop (for strategies such as Joint training).
+    :param fit: optional ``fit(ctx, strategy, benchmark)`` that replaces the
+        runner's default train/eval loop (for strategies such as Joint training); it
+        returns None, or a dict of extra results that the runner adds to the run's
+        ``results.json`` (names must differ from the runner's own).
     """
 
     name: str

@@ -12,7 +12,9 @@ experience train on it (as an online stream of small sub-experiences when the
 protocol is online) and evaluate on the whole test stream, which fills one row of
 the accuracy matrix. An optional eval before any training records the initial
 accuracies used by forward transfer. Strategies whose registration has a ``fit``
-(e.g. Joint training) run their own loop instead.
+(e.g. Joint training, the few-shot strategies) run their own loop instead; a dict
+the ``fit`` returns is added to the results (the few-shot ``fit`` adds
+``"fewshot"``: per-cell means and 95% confidence intervals).
 """
 
 from __future__ import annotations
@@ -470,9 +472,10 @@ def run_experiment(
         model_strategy.eval(test_stream)
     initial_eval_seconds = eval_time[0]
     t_start = time.perf_counter()
+    fit_results: Optional[Mapping[str, Any]] = None
     try:
         if s_spec.fit is not None:
-            s_spec.fit(ctx, model_strategy, info)
+            fit_results = s_spec.fit(ctx, model_strategy, info)
         else:
             from avalanche_meta.benchmarks.online import online_stream
 
@@ -534,6 +537,15 @@ def run_experiment(
         ),
         "out_dir": str(out),
     }
+    if fit_results:
+        # results a registered ``fit`` adds (e.g. few-shot confidence intervals)
+        clash = sorted(set(fit_results) & set(results))
+        if clash:
+            raise RuntimeError(
+                f"the fit of strategy {strategy!r} returned results named like the "
+                f"runner's own ({', '.join(clash)}); rename them."
+            )
+        results.update(fit_results)
     if plots:
         from avalanche_meta.experiments.plots import (
             plot_accuracy_matrix,

@@ -1,8 +1,51 @@
 """Reproductions ``fewshot-omniglot`` and ``fewshot-omniglot-5w1s``: transfer,
 FO-MAML, MAML, MAML + task augmentation and Reptile on offline Omniglot.
 
-These run in the reproduction's process on one shared benchmark (their results are
-few-shot accuracies with confidence intervals, not run-store runs yet).
+Declared as data, like the other tables:
+:func:`plan_fewshot_omniglot` / :func:`plan_fewshot_omniglot_5w1s` list the runs (one
+:class:`~avalanche_meta.experiments.config.RunConfig` per setting, method and seed:
+the registered strategy ``transfer``, ``fomaml``, ``maml`` or ``reptile`` with the
+hyper-parameters of :func:`_method_hparams`, on the registered benchmark ``omniglot``
+with its default options, Class-IL, ``initial_eval`` off) and :func:`table_fewshot`
+builds the table from the finished runs of a run store, listing the missing ones.
+So the runs execute on any executor (``reproduce ... --executor processes|ray``), a
+run the store holds is never redone, and ``--no-run`` builds the table from the store
+alone. Each run is an ordinary store run: ``avalanche-meta run maml --benchmark
+omniglot --no-initial-eval`` with the same hyper-parameters and seed is the same run
+(same key).
+
+What a run stores: besides the runner's usual ``results.json`` (few-shot accuracies
+as the accuracy matrix, in percent; ``train_seconds``, ``eval_seconds``), the
+``"fewshot"`` entry that the few-shot ``fit`` returns
+(:func:`~avalanche_meta.experiments.builders.fewshot.fit_fewshot`): the matrix of
+mean accuracies and of 95% confidence half-widths over the test tasks, as fractions.
+A cell of the table is the last test experience after training (the benchmark has
+one): the mean over seeds of each run's mean accuracy and of its CI half-width, as
+before. Runs stored before results.json had ``"fewshot"`` are read from their
+``fewshot.json``.
+
+Same numbers as the in-process code these tables ran before (kept as
+:func:`run_fewshot_method`, which trains one method on a benchmark built once and
+shared by all runs): a store run seeds (``seed_everything(seed)``) *before* building
+the benchmark, the in-process code after; building the offline Omniglot benchmark
+draws no random numbers (checked by tests/test_reproduction_fewshot.py), so the model
+initialisation, the training tasks (their sampler is seeded from torch's generator
+when training starts) and the data order are the same. ``initial_eval`` is off, so
+nothing is evaluated before training; the test tasks come from the few-shot metric's
+own seed, so they are the same tasks; the runner's evaluator adds Avalanche's accuracy
+and loss metrics and the accuracy matrix, which read the evaluation iterations and
+change nothing. Measured: identical per-run accuracies and CIs, old path against the
+store runs, local and ``processes`` executors (tests/test_reproduction_fewshot.py
+and the notes of the change). What differs: the seconds (each run's own, possibly
+from another invocation or machine, and ``train_seconds`` is the runner's: time of
+the ``fit`` minus its evaluation), and the table reports how many runs are missing.
+
+``ctx.extra`` (``reproduce --only``) may hold ``methods`` (row labels, e.g.
+``methods=MAML,Reptile``), ``iterations`` (meta-iterations of MAML, FO-MAML and
+Reptile), and from Python ``settings`` (e.g. ``["5-way 1-shot"]``) and ``budget``
+(a dict overriding entries of :data:`BUDGETS`: ``epochs``, ``maml_iterations``,
+``maml_batch``, ``reptile_iterations``, ``eval_tasks``); any of them makes the run a
+"partial" one with its own section of the results document.
 """
 
 from __future__ import annotations
@@ -11,14 +54,21 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
-import torch
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
 from avalanche_meta.benchmarks.base import BenchmarkInfo
 from avalanche_meta.experiments.context import ReproContext, RunContext
 from avalanche_meta.experiments.registry import register_reproduction
+from avalanche_meta.experiments.reproduction import (
+    Plan,
+    PlannedRun,
+    markdown_table,
+    run_plan,
+)
+from avalanche_meta.experiments.sweep import SweepResult
 
 # --------------------------------------------------------------------------------
-# Reproduction
+# Methods and settings
 # --------------------------------------------------------------------------------
 #: SPEC.md section 5 (Finn et al. 2017; Nichol et al. 2018, transductive), percent.
 PUBLISHED = {
@@ -34,6 +84,48 @@ SETTINGS = {
     "5-way 1-shot": {"ways": 5, "shots": 1},
     "5-way 5-shot": {"ways": 5, "shots": 5},
     "20-way 1-shot": {"ways": 20, "shots": 1},
+}
+
+#: The benchmark every run uses (registered; default options: meta-train on
+#: ``small1``, test on the unseen alphabets of ``small2``).
+BENCHMARK = "omniglot"
+
+#: Training budgets (``{reproduction: {"quick" | "full": budget}}``): transfer
+#: ``epochs``, MAML/FO-MAML ``maml_iterations`` of ``maml_batch`` tasks, Reptile
+#: ``reptile_iterations`` (of 5 tasks), ``eval_tasks`` test tasks per run.
+BUDGETS: Dict[str, Dict[str, Dict[str, int]]] = {
+    "fewshot-omniglot": {
+        "full": dict(
+            epochs=20,
+            maml_iterations=600,
+            maml_batch=16,
+            reptile_iterations=4000,
+            eval_tasks=600,
+        ),
+        "quick": dict(
+            epochs=3,
+            maml_iterations=40,
+            maml_batch=8,
+            reptile_iterations=300,
+            eval_tasks=100,
+        ),
+    },
+    "fewshot-omniglot-5w1s": {
+        "full": dict(
+            epochs=10,
+            maml_iterations=600,
+            maml_batch=8,
+            reptile_iterations=600,
+            eval_tasks=600,
+        ),
+        "quick": dict(
+            epochs=5,
+            maml_iterations=150,
+            maml_batch=8,
+            reptile_iterations=300,
+            eval_tasks=200,
+        ),
+    },
 }
 
 
@@ -83,12 +175,21 @@ def run_fewshot_method(
     seed: int,
     device: str = "cpu",
 ):
-    """Train one registered few-shot strategy on ``info`` and few-shot evaluate it.
+    """Train one registered few-shot strategy on ``info`` and few-shot evaluate it,
+    in this process (no run store).
+
+    How these tables were made before they were declared runs: one benchmark built
+    once, then for each run ``seed_everything(seed)``, the strategy, training on
+    every training experience and one evaluation of the test stream. A store run of
+    the same method and seed gives the same figures (see the module docstring);
+    kept for scripts and for the test that checks it.
 
     :return: ``(FewShotResult of the last test experience, train seconds, eval
         seconds)``.
     """
     import io
+
+    import torch
 
     from avalanche.logging import TextLogger
     from avalanche.training.plugins import EvaluationPlugin
@@ -117,110 +218,304 @@ def run_fewshot_method(
     return strategy.fewshot_metric.results[last], t1 - t0, t2 - t1
 
 
-def _fmt(mean: float, ci: float) -> str:
-    return f"{100 * mean:.1f} ± {100 * ci:.1f}"
+# --------------------------------------------------------------------------------
+# Plans
+# --------------------------------------------------------------------------------
+def _budget(ctx: ReproContext, name: str) -> Tuple[Dict[str, int], bool]:
+    """The budget of reproduction ``name`` for ``ctx`` and whether ``ctx.extra``
+    changed it (``iterations``, ``budget``)."""
+    from avalanche_meta.experiments.runner import UsageError
+
+    budget = dict(BUDGETS[name]["quick" if ctx.quick else "full"])
+    changed = False
+    over = ctx.extra.get("budget")
+    if over:
+        unknown = sorted(set(over) - set(budget))
+        if unknown:
+            raise UsageError(
+                f"budget: unknown entries {unknown}; known: {', '.join(budget)}."
+            )
+        budget.update({k: int(v) for k, v in over.items()})
+        changed = True
+    if ctx.extra.get("iterations") is not None:
+        n = ctx.extra["iterations"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UsageError(
+                f"--only iterations= must be a positive integer (meta-iterations of "
+                f"MAML, FO-MAML and Reptile), got {n!r}."
+            )
+        budget.update(maml_iterations=n, reptile_iterations=n)
+        changed = True
+    for key, value in budget.items():
+        if value < 1:
+            raise UsageError(f"budget: {key} must be >= 1, got {value}.")
+    return budget, changed
 
 
-def write_table(
-    command: str,
-    key: str,
-    title: str,
-    rows: List[Dict[str, Any]],
+def _chosen(ctx: ReproContext, key: str, known: Sequence[str]) -> List[str]:
+    """``ctx.extra[key]`` (labels) checked against ``known``, in ``known``'s order;
+    all of ``known`` when absent."""
+    from avalanche_meta.experiments.runner import UsageError
+
+    wanted = ctx.extra.get(key)
+    if not wanted:
+        return list(known)
+    if isinstance(wanted, str):
+        wanted = [wanted]
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        raise UsageError(
+            f"--only {key}=: unknown label(s) {unknown}; this table's {key}: "
+            f"{'; '.join(known)}."
+        )
+    return [k for k in known if k in wanted]
+
+
+def _plan(
+    ctx: ReproContext,
+    name: str,
     *,
-    seeds: int,
-    eval_tasks: int,
-    notes: str,
-) -> None:
-    """Write the rows of a few-shot reproduction as a section of the results
-    document (through :func:`~avalanche_meta.experiments.results_doc.write_section`)."""
-    from avalanche_meta.experiments.results_doc import provenance, write_section
+    settings: Sequence[str],
+    title: str,
+    budget_note: str,
+) -> Plan:
+    """The plan of a few-shot reproduction: setting x method x seed runs."""
+    from avalanche_meta.experiments.config import resolve_run_config
 
-    lines = [
-        "| setting | method | accuracy ± 95% CI (%) | published (%) | train (s) | "
-        "eval (s) | hyper-parameters |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
+    budget, changed = _budget(ctx, name)
+    settings = _chosen(ctx, "settings", settings)
+    methods = _chosen(ctx, "methods", METHODS)
+    partial = changed or bool(ctx.extra.get("settings") or ctx.extra.get("methods"))
+    seeds = ctx.seeds or 1
+    runs: List[PlannedRun] = []
+    hparams: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    for setting in settings:
+        for method in methods:
+            strategy, hp = _method_hparams(method, setting, budget)
+            hparams[(setting, method)] = hp
+            runs += [
+                PlannedRun(
+                    resolve_run_config(
+                        strategy,
+                        BENCHMARK,
+                        scenario="class",
+                        seed=seed,
+                        hparams=hp,
+                        initial_eval=False,
+                    ),
+                    label=method,
+                    group=setting,
+                )
+                for seed in range(seeds)
+            ]
+    key = f"reproduce {name}" + (" --quick" if ctx.quick else "")
+    key += " partial" if partial else ""
+    return Plan(
+        name,
+        runs,
+        table=table_fewshot,
+        write=_write_fewshot,
+        info=dict(
+            quick=ctx.quick,
+            seeds=seeds,
+            budget=budget,
+            hparams=hparams,
+            partial=partial,
+            key=key,
+            title=title
+            + (" (--quick)" if ctx.quick else "")
+            + (", partial" if partial else ""),
+            notes=_DATA_NOTE + budget_note.format(**budget),
+            command=ctx.command
+            or f"avalanche-meta reproduce {name}" + (" --quick" if ctx.quick else ""),
+        ),
+    )
+
+
+def plan_fewshot_omniglot(ctx: ReproContext) -> Plan:
+    """The runs of ``fewshot-omniglot``: the three settings x :data:`METHODS` x
+    seeds (``--seeds``, default 1)."""
+    return _plan(
+        ctx,
+        "fewshot-omniglot",
+        settings=tuple(SETTINGS),
+        title="Few-shot Omniglot: transfer, FO-MAML, MAML, MAML + aug, Reptile",
+        budget_note=(
+            "- budget: transfer {epochs} epochs; MAML/FO-MAML {maml_iterations} "
+            "meta-iterations of {maml_batch} tasks (paper: 60,000 of 32, or 16 for "
+            "20-way); Reptile {reptile_iterations} meta-iterations of 5 tasks "
+            "(paper: 100,000; 200,000 for 20-way).\n"
+        ),
+    )
+
+
+def plan_fewshot_omniglot_5w1s(ctx: ReproContext) -> Plan:
+    """The runs of ``fewshot-omniglot-5w1s``: 5-way 1-shot x :data:`METHODS` x
+    seeds (``--seeds``, default 1)."""
+    return _plan(
+        ctx,
+        "fewshot-omniglot-5w1s",
+        settings=("5-way 1-shot",),
+        title="Few-shot Omniglot 5-way 1-shot, longer run",
+        budget_note=(
+            "- budget: transfer {epochs} epochs; MAML/FO-MAML {maml_iterations} "
+            "meta-iterations of {maml_batch} tasks (paper: 60,000 of 32); Reptile "
+            "{reptile_iterations} meta-iterations of 5 tasks (paper: 100,000).\n"
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------
+def fewshot_cell(results: Optional[Dict[str, Any]]) -> Optional[Tuple[float, float]]:
+    """``(mean accuracy, 95% CI half-width)`` (fractions) of a run's last test
+    experience after training, from its ``results.json`` (``"fewshot"``) or, for runs
+    stored before that entry existed, its ``fewshot.json``; None for a missing run.
+
+    :raises ValueError: a stored run without few-shot results (not a few-shot run).
+    """
+    if results is None:
+        return None
+    fs = results.get("fewshot")
+    if fs is None and results.get("out_dir"):
+        path = Path(results["out_dir"]) / "fewshot.json"
+        if path.is_file():
+            fs = json.loads(path.read_text())
+    if not fs or not fs.get("accuracy_matrix"):
+        raise ValueError(
+            f"run {results.get('run_key') or results.get('out_dir')} has no few-shot "
+            "results (results.json without 'fewshot', no fewshot.json)."
+        )
+    return float(fs["accuracy_matrix"][-1][-1]), float(fs["ci95_matrix"][-1][-1])
+
+
+def fewshot_rows(plan: Plan, result: SweepResult) -> List[Dict[str, Any]]:
+    """One dict per (setting, method) of ``plan``: the mean over the runs the store
+    holds of the accuracy and of the CI half-width (fractions), per-seed
+    accuracies, mean seconds, published figure and the number of missing runs."""
+    rows: List[Dict[str, Any]] = []
+    for setting in plan.groups():
+        for method in plan.labels(setting):
+            planned = [r for r in plan.runs if r.group == setting and r.label == method]
+            runs = [result.get(r.config) for r in planned]
+            cells = [fewshot_cell(r) for r in runs]
+            present = [(c, r) for c, r in zip(cells, runs) if c is not None]
+            n = len(present)
+
+            def mean(vals: List[float]) -> Optional[float]:
+                return sum(vals) / len(vals) if vals else None
+
+            rows.append(
+                {
+                    "setting": setting,
+                    "method": method,
+                    "strategy": planned[0].config.strategy,
+                    "hparams": dict(plan.info["hparams"][(setting, method)]),
+                    "accuracy": mean([c[0] for c, _ in present]),
+                    "ci95": mean([c[1] for c, _ in present]),
+                    "per_seed": [None if c is None else c[0] for c in cells],
+                    "seeds": [r.config.seed for r in planned],
+                    "runs": n,
+                    "missing": len(planned) - n,
+                    "train_seconds": mean(
+                        [float(r.get("train_seconds") or 0.0) for _, r in present]
+                    ),
+                    "eval_seconds": mean(
+                        [float(r.get("eval_seconds") or 0.0) for _, r in present]
+                    ),
+                    "published": PUBLISHED.get((setting, method), "—"),
+                    "run_keys": [r.config.key for r in planned],
+                }
+            )
+    return rows
+
+
+def _secs(value: Optional[float]) -> str:
+    return "—" if value is None else f"{value:.0f}"
+
+
+def table_fewshot(plan: Plan, result: SweepResult) -> str:
+    """The Markdown table of a few-shot reproduction from the runs the store holds
+    (accuracy ± 95% CI in percent: means over seeds; missing runs counted)."""
+    lines = []
+    for r in fewshot_rows(plan, result):
+        if r["accuracy"] is None:
+            acc = f"missing ({r['missing']} run(s))"
+        else:
+            acc = f"{100 * r['accuracy']:.1f} ± {100 * r['ci95']:.1f}"
+            if r["missing"]:
+                acc += f" ({r['missing']} run(s) missing)"
         hp_text = ", ".join(
             f"{k}={v}" for k, v in r["hparams"].items() if not k.startswith("eval")
         )
         lines.append(
-            f"| {r['setting']} | {r['method']} | {_fmt(r['accuracy'], r['ci95'])} "
-            f"| {r['published']} | {r['train_seconds']:.0f} | "
-            f"{r['eval_seconds']:.0f} | {hp_text} |"
+            [
+                r["setting"],
+                r["method"],
+                acc,
+                r["published"],
+                _secs(r["train_seconds"]),
+                _secs(r["eval_seconds"]),
+                hp_text,
+            ]
+        )
+    return markdown_table(
+        [
+            "setting",
+            "method",
+            "accuracy ± 95% CI (%)",
+            "published (%)",
+            "train (s)",
+            "eval (s)",
+            "hyper-parameters",
+        ],
+        lines,
+    )
+
+
+def _write_fewshot(plan: Plan, result: SweepResult, table: str) -> None:
+    """The reproduction's section of the results document."""
+    from avalanche_meta.experiments.results_doc import provenance, write_section
+
+    info = plan.info
+    notes = info["notes"]
+    if info["partial"]:
+        notes += (
+            "- partial run (`--only` or a changed budget): settings "
+            f"{plan.groups()}, methods {plan.labels(plan.groups()[0])}; not the "
+            "reproduction's protocol.\n"
+        )
+    load = os.getloadavg()[1] if hasattr(os, "getloadavg") else float("nan")
+    notes += (
+        "- seconds are each run's own wall-clock on a shared machine, means over "
+        "seeds (runs may come from several invocations or machines; load average "
+        f"{load:.1f} over the 5 minutes before the table was written): compare "
+        "them within a table only\n"
+    )
+    missing = plan.missing_lines(result)
+    if missing:
+        notes += "- missing from the table (failed or not run):\n" + "".join(
+            f"  - {line}\n" for line in missing
         )
     body = (
-        provenance(command)
-        + f"- seeds: {seeds}; {eval_tasks} test tasks per cell, 15 query "
-        "samples per class; the CI is the 95% interval over test tasks "
-        "(mean over seeds when several)\n" + notes + "\n" + "\n".join(lines) + "\n"
+        provenance(info["command"])
+        + f"- seeds: {info['seeds']}; {info['budget']['eval_tasks']} test tasks per "
+        "cell, 15 query samples per class; the CI is the 95% interval over test "
+        "tasks (mean over seeds when several)\n" + notes + "\n" + table + "\n"
     )
-    write_section(key, title, body)
+    write_section(info["key"], info["title"], body)
 
 
-def _reproduce(
-    ctx: ReproContext,
-    *,
-    key: str,
-    title: str,
-    settings: Sequence[str],
-    budget: Dict[str, int],
-    notes: str,
-) -> List[Dict[str, Any]]:
-    from avalanche_meta.benchmarks.omniglot import omniglot_fewshot
-
-    torch.set_num_threads(1)
-    seeds = ctx.seeds or 1
-    info = omniglot_fewshot(data_root=ctx.data_root)
-    rows: List[Dict[str, Any]] = []
-    for setting in settings:
-        for method in METHODS:
-            name, hp = _method_hparams(method, setting, budget)
-            accs, cis, t_train, t_eval = [], [], 0.0, 0.0
-            for seed in range(seeds):
-                res, tt, te = run_fewshot_method(
-                    info, name, hp, seed=seed, device=ctx.device
-                )
-                accs.append(res.mean)
-                cis.append(res.ci95)
-                t_train, t_eval = t_train + tt, t_eval + te
-                print(
-                    f"{setting:>14} {method:<10} seed {seed}: {res}  "
-                    f"(train {tt:.0f}s, eval {te:.0f}s)",
-                    flush=True,
-                )
-            row = {
-                "setting": setting,
-                "method": method,
-                "strategy": name,
-                "hparams": {k: v for k, v in hp.items()},
-                "accuracy": sum(accs) / len(accs),
-                "ci95": sum(cis) / len(cis),
-                "per_seed": accs,
-                "train_seconds": t_train / seeds,
-                "eval_seconds": t_eval / seeds,
-                "published": PUBLISHED.get((setting, method), "—"),
-            }
-            rows.append(row)
-    out = Path(ctx.out_dir) / key.replace(" ", "_")
+def _reproduce(ctx: ReproContext, plan: Plan) -> List[Dict[str, Any]]:
+    """Run ``plan`` (:func:`~avalanche_meta.experiments.reproduction.run_plan`),
+    then write its rows to ``<out>/<section key>/results.json`` (as before the
+    table was declared, with the missing runs counted)."""
+    run_plan(ctx, plan)
+    rows = fewshot_rows(plan, ctx.sweeps[-1])
+    out = Path(ctx.out_dir) / plan.info["key"].replace(" ", "_")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    if ctx.write_results:
-        load = os.getloadavg()[1] if hasattr(os, "getloadavg") else float("nan")
-        notes += (
-            f"- seconds are wall-clock on a shared machine (load average "
-            f"{load:.1f} over the last 5 minutes of the run): compare them within "
-            "a table only\n"
-        )
-        write_table(
-            ctx.command or f"avalanche-meta reproduce {key}",
-            key,
-            title,
-            rows,
-            seeds=seeds,
-            eval_tasks=budget["eval_tasks"],
-            notes=notes,
-        )
     return rows
 
 
@@ -258,40 +553,10 @@ _DATA_NOTE = (
     "Omniglot: 5-way 1-shot, 5-way 5-shot, 20-way 1-shot",
 )
 def reproduce_fewshot_omniglot(ctx: ReproContext) -> None:
-    """The few-shot Omniglot table (short budgets; see the section's notes)."""
-    if ctx.quick:
-        budget = dict(
-            epochs=3,
-            maml_iterations=40,
-            maml_batch=8,
-            reptile_iterations=300,
-            eval_tasks=100,
-        )
-    else:
-        budget = dict(
-            epochs=20,
-            maml_iterations=600,
-            maml_batch=16,
-            reptile_iterations=4000,
-            eval_tasks=600,
-        )
-    notes = _DATA_NOTE + (
-        f"- budget: transfer {budget['epochs']} epochs; MAML/FO-MAML "
-        f"{budget['maml_iterations']} meta-iterations of {budget['maml_batch']} tasks "
-        f"(paper: 60,000 of 32, or 16 for 20-way); Reptile "
-        f"{budget['reptile_iterations']} meta-iterations of 5 tasks (paper: 100,000; "
-        "200,000 for 20-way).\n"
-    )
-    key = "reproduce fewshot-omniglot" + (" --quick" if ctx.quick else "")
-    _reproduce(
-        ctx,
-        key=key,
-        title="Few-shot Omniglot: transfer, FO-MAML, MAML, MAML + aug, Reptile"
-        + (" (--quick)" if ctx.quick else ""),
-        settings=tuple(SETTINGS),
-        budget=budget,
-        notes=notes,
-    )
+    """The few-shot Omniglot table (short budgets, :data:`BUDGETS`; see the
+    section's notes). The runs are :func:`plan_fewshot_omniglot`, the table
+    :func:`table_fewshot`; ``--only`` keys: see the module docstring."""
+    _reproduce(ctx, plan_fewshot_omniglot(ctx))
 
 
 @register_reproduction(
@@ -299,31 +564,7 @@ def reproduce_fewshot_omniglot(ctx: ReproContext) -> None:
     help="a longer 5-way 1-shot run of the five methods on offline Omniglot",
 )
 def reproduce_fewshot_omniglot_5w1s(ctx: ReproContext) -> None:
-    """5-way 1-shot only, with larger budgets than ``fewshot-omniglot``."""
-    budget = dict(
-        epochs=10,
-        maml_iterations=600,
-        maml_batch=8,
-        reptile_iterations=600,
-        eval_tasks=600,
-    )
-    if ctx.quick:
-        budget.update(
-            maml_iterations=150, reptile_iterations=300, epochs=5, eval_tasks=200
-        )
-    notes = _DATA_NOTE + (
-        f"- budget: transfer {budget['epochs']} epochs; MAML/FO-MAML "
-        f"{budget['maml_iterations']} meta-iterations of {budget['maml_batch']} tasks "
-        f"(paper: 60,000 of 32); Reptile {budget['reptile_iterations']} "
-        "meta-iterations of 5 tasks (paper: 100,000).\n"
-    )
-    key = "reproduce fewshot-omniglot-5w1s" + (" --quick" if ctx.quick else "")
-    _reproduce(
-        ctx,
-        key=key,
-        title="Few-shot Omniglot 5-way 1-shot, longer run"
-        + (" (--quick)" if ctx.quick else ""),
-        settings=("5-way 1-shot",),
-        budget=budget,
-        notes=notes,
-    )
+    """5-way 1-shot only, with larger budgets than ``fewshot-omniglot``
+    (:data:`BUDGETS`). The runs are :func:`plan_fewshot_omniglot_5w1s`, the table
+    :func:`table_fewshot`; ``--only`` keys: see the module docstring."""
+    _reproduce(ctx, plan_fewshot_omniglot_5w1s(ctx))
