@@ -196,6 +196,10 @@ class PerExampleReplayTemplate(KeywordOnlyConstruction, SupervisedTemplate):
     Task-IL. Inputs of any floating dtype (e.g. float64) are cast to the model's
     dtype on every path (:func:`~avalanche_meta.utils.scenario.cast_inputs`).
 
+    ``train_epochs > 1`` is allowed: every epoch passes the experience's examples
+    again (each is learned again and offered to the reservoir again); the papers'
+    protocols are one pass (``train_epochs=1``, the default).
+
     Devices: every tensor (memory, masks, flat parameters, replay batches) lives on
     ``device``; the reservoir's random draws use a CPU generator (bit-identical
     across devices) and only their indices are copied to the device.
