@@ -292,8 +292,10 @@ def test_open_unit_decoder_equals_the_dense_one(recon, gate_by, contexts):
     sparse.gates.mask_0[1].zero_()
     dense.gates.mask_0[1].zero_()
     calls = []
-    open_decode = sparse._decode_open
-    sparse._decode_open = lambda z, c: calls.append(len(c)) or open_decode(z, c)
+    open_decode = sparse._decode_open_parts
+    sparse._decode_open_parts = lambda z, c, soft, sizes: (
+        calls.append(list(sizes)) or open_decode(z, c, soft, sizes)
+    )
     x = torch.rand(25, 30)
     y = torch.randint(10, (25,))
     ctx = y if gate_by == "class" else torch.randint(contexts, (25,))
@@ -337,7 +339,7 @@ def test_open_unit_decoder_equals_the_dense_one(recon, gate_by, contexts):
             grads.append(w.grad)
         assert torch.allclose(grads[0], grads[1], atol=1e-5)
     # the open-unit path ran: on the integer part(s) and in decode()
-    assert calls == ([25, 25] if gate_by == "class" else [32, 25])
+    assert calls == ([[25, 7], [25]] if gate_by == "class" else [[32], [25]])
 
 
 # -- shapes, interface, errors ----------------------------------------------------------------

@@ -332,18 +332,15 @@ class _OpenDecoder(torch.autograd.Function):
             g_h = g @ subs[-1]
             for i in reversed(range(n_hidden)):
                 g_a = g_h if gates is None else g_h * gates[i]
-                g_a = g_a.masked_fill(relus[i] <= 0, 0.0)
+                # the ReLU's derivative: where the unit was positive
+                g_a = torch.ops.aten.threshold_backward(g_a, relus[i], 0.0)
                 g_w, g_b = g_params[2 * i], g_params[2 * i + 1]
                 if g_w is not None:
                     block = g_a.t() @ acts[i]
-                    if i == 0:
-                        g_w.index_add_(0, units[0], block)
-                    else:
-                        g_w.index_put_(
-                            (units[i].unsqueeze(1), units[i - 1].unsqueeze(0)),
-                            block,
-                            accumulate=True,
-                        )
+                    if i > 0:  # the block's columns: the previous layer's units
+                        rows = block.new_zeros(block.shape[0], g_w.shape[1])
+                        block = rows.index_copy_(1, units[i - 1], block)
+                    g_w.index_add_(0, units[i], block)
                 if g_b is not None:
                     g_b.index_add_(0, units[i], g_a.sum(0))
                 if i > 0 or g_z is not None:
@@ -613,31 +610,7 @@ class ReplayVAE(Generator, nn.Module):
         one up to float summation order (tested to 1e-6). Reads the group sizes on
         the host (one small copy per call): used on the CPU, where that is free.
         """
-        gates = self.gates
-        opens = [gates.open_units(i) for i in range(len(self.decoder))]
-        counts = torch.bincount(context, minlength=gates.n_contexts).tolist()
-        present = [(c, k) for c, k in enumerate(counts) if k]
-        order = None if len(present) == 1 else torch.argsort(context, stable=True)
-        if len(present) == 1:
-            sorted_z = z
-        else:
-            sorted_z = z.index_select(0, order)
-        spec, start = [], 0
-        for c, k in present:
-            spec.append((start, start + k, [o[c] for o in opens], None))
-            start += k
-        out = _OpenDecoder.apply(sorted_z, spec, *self._decoder_params())
-        if order is None:
-            return out
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        return out.index_select(0, inverse)
-
-    def _decoder_params(self) -> List[Tensor]:
-        params: List[Tensor] = []
-        for layer in self.decoder:
-            params += [layer.weight, layer.bias]
-        return params + [self.to_x.weight, self.to_x.bias]
+        return self._decode_open_parts(z, [context], [False], [z.shape[0]])
 
     def _decode_open_blend(self, z: Tensor, weights: Tensor) -> Tensor:
         """The gated decoder with blended gates, on the units some sample needs.
@@ -650,17 +623,68 @@ class ReplayVAE(Generator, nn.Module):
         decoded densely (a closed unit still has a derivative with respect to the
         weight of a context that would open it).
         """
+        return self._decode_open_parts(z, [weights], [True], [z.shape[0]])
+
+    def _decode_open_parts(
+        self,
+        z: Tensor,
+        ctxs: List[Tensor],
+        soft: List[bool],
+        sizes: List[int],
+    ) -> Tensor:
+        """Consecutive row blocks of ``z``, each with integer contexts (grouped by
+        context, :meth:`_decode_open`) or blend weights (one group on the units the
+        blends need, :meth:`_decode_open_blend`), decoded in one
+        :class:`_OpenDecoder` call."""
         gates = self.gates
-        weights = weights.to(z.dtype)
-        used = (weights != 0).any(0)  # contexts some sample blends in
-        units, values = [], []
-        for i in range(len(self.decoder)):
-            m = gates.mask(i)
-            idx = torch.nonzero(m[used].any(0)).flatten()
-            units.append(idx)
-            values.append(weights @ m.index_select(1, idx))
-        spec = [(0, z.shape[0], units, values)]
-        return _OpenDecoder.apply(z, spec, *self._decoder_params())
+        n_layers = len(self.decoder)
+        opens = [gates.open_units(i) for i in range(n_layers)]
+        spec, perm, pos = [], [], 0
+        for ctx, is_soft, n in zip(ctxs, soft, sizes):
+            if is_soft:
+                weights = ctx.to(z.dtype)
+                used = (weights != 0).any(0)  # contexts some sample blends in
+                units, values = [], []
+                for i in range(n_layers):
+                    m = gates.mask(i)
+                    idx = torch.nonzero(m[used].any(0)).flatten()
+                    units.append(idx)
+                    values.append(weights @ m.index_select(1, idx))
+                spec.append((pos, pos + n, units, values))
+                perm.append(None)
+            else:
+                counts = torch.bincount(ctx, minlength=gates.n_contexts).tolist()
+                present = [(c, k) for c, k in enumerate(counts) if k]
+                row = pos
+                for c, k in present:
+                    spec.append((row, row + k, [o[c] for o in opens], None))
+                    row += k
+                perm.append(
+                    None if len(present) == 1 else torch.argsort(ctx, stable=True)
+                )
+            pos += n
+        if all(p is None for p in perm):
+            return _OpenDecoder.apply(z, spec, *self._decoder_params())
+        order = torch.cat(
+            [
+                (torch.arange(n, device=z.device) if p is None else p) + offset
+                for p, n, offset in zip(
+                    perm, sizes, [sum(sizes[:j]) for j in range(len(sizes))]
+                )
+            ]
+        )
+        out = _OpenDecoder.apply(
+            z.index_select(0, order), spec, *self._decoder_params()
+        )
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return out.index_select(0, inverse)
+
+    def _decoder_params(self) -> List[Tensor]:
+        params: List[Tensor] = []
+        for layer in self.decoder:
+            params += [layer.weight, layer.bias]
+        return params + [self.to_x.weight, self.to_x.bias]
 
     @staticmethod
     def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -819,8 +843,15 @@ class ReplayVAE(Generator, nn.Module):
                 for c, s in zip(ctxs, soft)
             ]
             return self._decode_raw(z, torch.cat(weights), check=check)
-        # integer parts on each context's open units, blended parts on the units
-        # some of their samples need
+        if not any(c.requires_grad for c, s in zip(ctxs, soft) if s):
+            # integer parts on each context's open units, blended parts on the units
+            # some of their samples need, in one pass
+            return self._decode_open_parts(
+                z,
+                [c if s else c.long().flatten() for c, s in zip(ctxs, soft)],
+                soft,
+                sizes,
+            )
         return torch.cat(
             [
                 self._decode_raw(zp, c, check=check)
