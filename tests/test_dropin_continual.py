@@ -134,44 +134,40 @@ def _params(model):
 
 # -- the strategies, small settings --------------------------------------------------
 def _er(model=None, **kw):
-    kw.setdefault("scenario", "class")
+    settings = dict(lr=0.05, mem_size=40, replay_batch_size=4, scenario="class")
     return ER(
         model=model or _mlp(),
-        lr=0.05,
-        mem_size=40,
-        replay_batch_size=4,
         train_mb_size=10,
         seed=0,
-        **{"evaluator": _evaluator(), **kw},
+        **{"evaluator": _evaluator(), **settings, **kw},
     )
 
 
 def _mer(model=None, **kw):
-    kw.setdefault("scenario", "class")
-    return MER(
-        model=model or _mlp(),
+    settings = dict(
         lr=0.05,
         mem_size=40,
         replay_batch_size=3,
         batches_per_example=2,
         beta=0.5,
+        scenario="class",
+    )
+    return MER(
+        model=model or _mlp(),
         train_mb_size=10,
         seed=0,
-        **{"evaluator": _evaluator(), **kw},
+        **{"evaluator": _evaluator(), **settings, **kw},
     )
 
 
 def _nccl(model=None, **kw):
-    kw.setdefault("scenario", "class")
     model = model or _mlp()
+    settings = dict(mem_size=40, mem_batch_size=10, inner_steps=1, scenario="class")
     return NeuronCalibration(
         model=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
-        mem_size=40,
-        mem_batch_size=10,
-        inner_steps=1,
         train_mb_size=10,
-        **{"evaluator": _evaluator(), **kw},
+        **{"evaluator": _evaluator(), **settings, **kw},
     )
 
 
@@ -655,3 +651,41 @@ def test_multi_head_checkpoint_resumes_bit_identically(split_mnist, tmp_path, ca
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- bad input, every strategy --------------------------------------------------------
+def _exp_of(x, y):
+    ds = make_dataset(x, y, task_labels=[0] * len(y))
+    bm = CLScenario(
+        streams=[
+            with_task_labels(
+                with_classes_timeline(
+                    make_stream(name="train", exps=[DatasetExperience(dataset=ds)])
+                )
+            )
+        ]
+    )
+    return bm.train_stream[0]
+
+
+@pytest.mark.parametrize("method", ["er", "mer", "nccl"])
+def test_bad_input_is_refused_and_never_trained_on(method):
+    from avalanche_meta.utils.validation import NonFiniteLossError
+
+    build = BUILDERS[method]
+    # a label beyond the model's 10 outputs
+    strategy = build()
+    before = _params(strategy.model).clone()
+    with pytest.raises(ValueError, match="outside the model's 10 output units"):
+        strategy.train(_exp_of(torch.rand(10, 784), torch.tensor([0] * 9 + [12])))
+    assert torch.equal(_params(strategy.model), before)
+    # NaN inputs: a non-finite loss is caught, the parameters are not stepped on it
+    strategy = build()
+    x = torch.rand(10, 784)
+    x[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError):
+        strategy.train(_exp_of(x, torch.arange(10) % 2))
+    assert torch.isfinite(_params(strategy.model)).all()
+    if method != "nccl":  # memories per batch larger than the memory
+        with pytest.raises(ValueError, match="replay_batch_size"):
+            build(mem_size=1)

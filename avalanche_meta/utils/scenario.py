@@ -5,6 +5,14 @@
 - Class-IL (``"class"``): no task label at test time; every class seen so far is
   active in one head.
 - Domain-IL (``"domain"``): every task shares the label space; all units active.
+
+Also the checks ER, MER and NeuronCalibration share so that they behave alike:
+:func:`check_distinct_task_labels` (Task-IL needs a task label per task, checked once
+per experience, identified by :func:`experience_identity`), :func:`complete_minibatch`
+(``(x, y)`` batches) and :func:`cast_inputs` (inputs in the model's dtype).
+:meth:`ActiveUnits.active` builds its masks without reading values back to the host
+(no GPU synchronisation); :meth:`ActiveUnits.loss_logits` gives the logits of a
+bounded evaluation loss.
 """
 
 from __future__ import annotations
