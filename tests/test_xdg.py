@@ -108,3 +108,26 @@ def test_xdg_learns_split_digits_task_il_with_multihead():
     res = strategy.eval(info.benchmark.test_stream)
     accs = [v for k, v in res.items() if k.startswith("Top1_Acc_Exp/eval")]
     assert len(accs) == 5 and sum(accs) / 5 > 0.9, accs  # chance is 0.5
+
+
+def test_gates_follow_layers_replaced_by_calibrate():
+    """calibrate() swaps every nn.Linear for a CalibratedLinear: attach() (run at
+    before_training / before_eval) moves the hooks, so the gates do not vanish."""
+    from avalanche_meta.models.calibration import calibrate
+
+    torch.manual_seed(0)
+    model = MLP(input_size=64, hidden_sizes=(30,), num_classes=10)
+    xdg = XdG(model, n_tasks=2, gating_prop=0.5)
+    calibrate(model)
+    x, t = torch.rand(3, 64), torch.tensor([0, 1, 0])
+    xdg.set_tasks(t)
+    seen = {}
+    model.features[2].register_forward_hook(lambda m, i, o: seen.update(h=o))  # ReLU
+    closed = xdg.gates.mask(0)[t] == 0
+    model(x)
+    assert seen["h"][closed].abs().sum() > 0  # old hooks sit on the replaced layers
+    xdg.attach(model)
+    model(x)
+    assert closed.any() and torch.all(seen["h"][closed] == 0)
+    with pytest.raises(ValueError, match="another model"):
+        xdg.attach(MLP(input_size=64, hidden_sizes=(30,), num_classes=10))
