@@ -187,6 +187,8 @@ def test_active_units_masks_without_reading_values_back():
     cls = ActiveUnits(4, "class").to("meta")
     cls.observe(torch.tensor([1], device="meta"), check=False)
     assert cls.active(None, 2).device.type == "meta"
+    z, y = torch.zeros(2, 4, device="meta"), torch.tensor([0, 3], device="meta")
+    assert cls.loss_logits(z, None, y).device.type == "meta"
     # and on the CPU the values are right
     units = ActiveUnits(4, "task")
     units.observe_classes([0, 1], task=0)

@@ -249,9 +249,9 @@ class ActiveUnits(nn.Module):
             )
         active = self.active(t, logits.shape[0])
         y = y.to(active.device).long().flatten()
-        own = torch.nn.functional.one_hot(
-            y.clamp(0, self.num_classes - 1), self.num_classes
-        ).bool() & ((y >= 0) & (y < self.num_classes)).unsqueeze(1)
+        own = torch.zeros_like(active).scatter_(  # one-hot without a host read
+            1, y.clamp(0, self.num_classes - 1).unsqueeze(1), True
+        ) & ((y >= 0) & (y < self.num_classes)).unsqueeze(1)
         return logits.masked_fill(~(active | own), MASK_VALUE)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
