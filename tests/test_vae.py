@@ -338,8 +338,22 @@ def test_open_unit_decoder_equals_the_dense_one(recon, gate_by, contexts):
             vae.decode(eps[:7], w).sum().backward()
             grads.append(w.grad)
         assert torch.allclose(grads[0], grads[1], atol=1e-5)
-    # the open-unit path ran: on the integer part(s) and in decode()
-    assert calls == ([[25, 7], [25]] if gate_by == "class" else [[32], [25]])
+    # a frozen decoder (the previous generator) caches its sub-blocks, and a change
+    # of its weights is seen
+    for vae in (dense, sparse):
+        for p in vae.parameters():
+            p.requires_grad_(False)
+    with torch.no_grad():
+        assert torch.allclose(dense.decode(eps[:25], ctx), sparse.decode(eps[:25], ctx))
+        assert torch.allclose(dense.decode(eps[:25], ctx), sparse.decode(eps[:25], ctx))
+        for vae in (dense, sparse):
+            vae.decoder[-1].weight.mul_(0.5)
+        assert torch.allclose(
+            dense.decode(eps[:25], ctx), sparse.decode(eps[:25], ctx), atol=1e-6
+        )
+    # the open-unit path ran: on the integer part(s), in decode(), frozen decodes
+    assert calls[:2] == ([[25, 7], [25]] if gate_by == "class" else [[32], [25]])
+    assert calls[2:] == [[25]] * 3
 
 
 # -- shapes, interface, errors ----------------------------------------------------------------
@@ -464,3 +478,24 @@ def test_pretrained_front_end_is_frozen_and_stays_in_eval_mode():
     ).solution
     acc = (torch.cat([feats, torch.ones(len(y), 1)], 1) @ w).argmax(1) == y
     assert acc.float().mean() > 0.5
+
+
+def test_mixture_log_prob_skips_unweighted_modes_exactly():
+    """On the CPU, modes no sample weighs are left out: same value and gradients as
+    the mixture over every mode (their weight is exactly 0)."""
+    torch.manual_seed(0)
+    prior = GaussianMixturePrior(5, 6)
+    z = torch.randn(8, 5)
+    probs = torch.softmax(torch.randn(8, 6), 1) * (torch.arange(6) % 3 == 0)
+    probs = probs / probs.sum(1, keepdim=True)
+    out = prior.log_prob(z, probs)
+    out.sum().backward()
+    grads = [prior.means.grad.clone(), prior.logvars.grad.clone()]
+    prior.zero_grad()
+    per_mode = prior._log_prob_modes(z)
+    full = torch.logsumexp(per_mode + probs.log(), 1)  # log 0 = -inf
+    full.sum().backward()
+    assert torch.allclose(out, full, atol=1e-6)
+    assert torch.allclose(grads[0], prior.means.grad, atol=1e-6)
+    assert torch.allclose(grads[1], prior.logvars.grad, atol=1e-6)
+    assert grads[0][1].abs().max() == 0 and grads[0][0].abs().max() > 0

@@ -184,15 +184,34 @@ class GaussianMixturePrior(nn.Module):
 
     def log_prob(self, z: Tensor, probs: Optional[Tensor] = None) -> Tensor:
         """``log p(z)`` per sample: the uniform mixture, or the mixture weighted by
-        ``probs`` (``(batch, n_modes)``, rows summing to 1)."""
-        per_mode = self._log_prob_modes(z)
+        ``probs`` (``(batch, n_modes)``, rows summing to 1).
+
+        On the CPU, modes that no sample weighs are left out of the computation
+        (their weight is exactly 0: they add nothing to the mixture, nor to its
+        gradient); elsewhere every mode is computed (choosing the modes would read
+        ``probs`` on the host).
+        """
         if probs is None:
+            per_mode = self._log_prob_modes(z)
             return torch.logsumexp(per_mode, dim=1) - math.log(self.n_modes)
-        if probs.shape != per_mode.shape:
+        if probs.shape != (z.shape[0], self.n_modes):
             raise ValueError(
-                f"`probs` must have shape (batch, n_modes) = {tuple(per_mode.shape)}, "
-                f"got {tuple(probs.shape)}."
+                f"`probs` must have shape (batch, n_modes) = "
+                f"{(z.shape[0], self.n_modes)}, got {tuple(probs.shape)}."
             )
+        if z.device.type == "cpu" and not probs.requires_grad:
+            used = torch.nonzero((probs > 0).any(0)).flatten()
+            if used.numel() < self.n_modes:
+                per_mode = log_normal_diag(
+                    z.unsqueeze(1),
+                    self.means.index_select(0, used).unsqueeze(0),
+                    self.logvars.index_select(0, used).unsqueeze(0),
+                )
+                probs = probs.index_select(1, used)
+            else:
+                per_mode = self._log_prob_modes(z)
+        else:
+            per_mode = self._log_prob_modes(z)
         probs = probs.to(per_mode.dtype)
         log_w = torch.where(
             probs > 0, probs.clamp_min(1e-45).log(), torch.full_like(probs, -math.inf)
@@ -271,6 +290,20 @@ def _long_tensor(values: Union[Sequence[int], Tensor], device) -> Tensor:
     return torch.as_tensor(list(values), device=device, dtype=torch.long)
 
 
+def _open_blocks(params: Sequence[Tensor], units: Sequence[Tensor]) -> list:
+    """The sub-blocks ``(weight, bias)`` of each hidden layer on ``units`` (rows) and
+    the previous layer's units (columns), then the output layer's columns."""
+    blocks, prev = [], None
+    for i, idx in enumerate(units):
+        w = params[2 * i].index_select(0, idx)
+        if prev is not None:
+            w = w.index_select(1, prev)
+        blocks.append((w, params[2 * i + 1].index_select(0, idx)))
+        prev = idx
+    blocks.append((params[-2].index_select(1, prev), None))
+    return blocks
+
+
 class _OpenDecoder(torch.autograd.Function):
     """The gated decoder on open units, groups of rows at a time, with its own
     backward pass.
@@ -291,25 +324,19 @@ class _OpenDecoder(torch.autograd.Function):
         w_out, b_out = params[-2], params[-1]
         out = z.new_empty(z.shape[0], w_out.shape[0])
         saved = []
-        for start, end, units, gates in spec:
+        for start, end, units, gates, blocks in spec:
+            if blocks is None:
+                blocks = _open_blocks(params, units)
             h = z[start:end]
-            acts, relus, subs = [h], [], []
-            prev = None
+            acts, relus = [h], []
             for i in range(n_hidden):
-                w = params[2 * i].index_select(0, units[i])
-                if prev is not None:
-                    w = w.index_select(1, prev)
-                a = torch.addmm(params[2 * i + 1].index_select(0, units[i]), h, w.t())
-                r = a.clamp_min_(0.0)
+                w, b = blocks[i]
+                r = torch.addmm(b, h, w.t()).clamp_min_(0.0)
                 h = r if gates is None else r * gates[i]
-                subs.append(w)
                 relus.append(r)
                 acts.append(h)
-                prev = units[i]
-            w = w_out.index_select(1, prev)
-            out[start:end] = torch.addmm(b_out, h, w.t())
-            subs.append(w)
-            saved.append((acts, relus, subs))
+            out[start:end] = torch.addmm(b_out, h, blocks[-1][0].t())
+            saved.append((acts, relus, [w for w, _ in blocks]))
         ctx.spec, ctx.saved, ctx.n_hidden = spec, saved, n_hidden
         ctx.param_shapes = [p.shape for p in params]
         ctx.z_shape = z.shape
@@ -325,7 +352,9 @@ class _OpenDecoder(torch.autograd.Function):
         g_z = g_out.new_zeros(ctx.z_shape) if needs[0] else None
         if needs[-1]:
             g_params[-1] = g_out.sum(0)
-        for (start, end, units, gates), (acts, relus, subs) in zip(ctx.spec, ctx.saved):
+        for (start, end, units, gates, _), (acts, relus, subs) in zip(
+            ctx.spec, ctx.saved
+        ):
             g = g_out[start:end]
             if g_params[-2] is not None:
                 g_params[-2].index_add_(1, units[-1], g.t() @ acts[-1])
@@ -530,6 +559,23 @@ class ReplayVAE(Generator, nn.Module):
             h = F.relu(layer(h))
         return h
 
+    def _heads(self, hidden: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """``mu``, ``logvar`` and the classifier's logits (None without classifier)
+        of the encoder's last hidden layer, as one matrix product (the three layers'
+        weights stacked; the same values as three products)."""
+        heads = [self.to_mu, self.to_logvar]
+        if self.classifier is not None:
+            heads.append(self.classifier)
+        weight = torch.cat([h.weight for h in heads])
+        bias = torch.cat(
+            [
+                h.bias if h.bias is not None else hidden.new_zeros(h.out_features)
+                for h in heads
+            ]
+        )
+        out = F.linear(hidden, weight, bias).split([h.out_features for h in heads], 1)
+        return out[0], out[1], (out[2] if len(out) > 2 else None)
+
     def classify_hidden(self, hidden: Tensor) -> Tensor:
         """Classifier scores from the encoder's last hidden layer."""
         if self.classifier is None:
@@ -639,6 +685,22 @@ class ReplayVAE(Generator, nn.Module):
         gates = self.gates
         n_layers = len(self.decoder)
         opens = [gates.open_units(i) for i in range(n_layers)]
+        params = self._decoder_params()
+        frozen = None
+        if not any(p.requires_grad for p in params):
+            # a frozen decoder (e.g. the previous generator): each context's
+            # sub-blocks are gathered once, until a parameter changes
+            key = tuple((p.data_ptr(), p._version) for p in params)
+            cache = getattr(self, "_frozen_blocks", None)
+            if cache is None or cache[0] != key:
+                cache = (key, {})
+                self._frozen_blocks = cache
+
+            def frozen(c, units, _store=cache[1]):
+                if c not in _store:
+                    _store[c] = _open_blocks(params, units)
+                return _store[c]
+
         spec, perm, pos = [], [], 0
         for ctx, is_soft, n in zip(ctxs, soft, sizes):
             if is_soft:
@@ -650,21 +712,30 @@ class ReplayVAE(Generator, nn.Module):
                     idx = torch.nonzero(m[used].any(0)).flatten()
                     units.append(idx)
                     values.append(weights @ m.index_select(1, idx))
-                spec.append((pos, pos + n, units, values))
+                spec.append((pos, pos + n, units, values, None))
                 perm.append(None)
             else:
                 counts = torch.bincount(ctx, minlength=gates.n_contexts).tolist()
                 present = [(c, k) for c, k in enumerate(counts) if k]
                 row = pos
                 for c, k in present:
-                    spec.append((row, row + k, [o[c] for o in opens], None))
+                    units = [o[c] for o in opens]
+                    blocks = None if frozen is None else frozen(c, units)
+                    spec.append((row, row + k, units, None, blocks))
                     row += k
-                perm.append(
-                    None if len(present) == 1 else torch.argsort(ctx, stable=True)
-                )
+                if len(present) == 1:
+                    perm.append(None)
+                elif len(present) <= 4:
+                    perm.append(
+                        torch.cat(
+                            [torch.nonzero(ctx == c).flatten() for c, _ in present]
+                        )
+                    )
+                else:
+                    perm.append(torch.argsort(ctx, stable=True))
             pos += n
         if all(p is None for p in perm):
-            return _OpenDecoder.apply(z, spec, *self._decoder_params())
+            return _OpenDecoder.apply(z, spec, *params)
         order = torch.cat(
             [
                 (torch.arange(n, device=z.device) if p is None else p) + offset
@@ -673,9 +744,7 @@ class ReplayVAE(Generator, nn.Module):
                 )
             ]
         )
-        out = _OpenDecoder.apply(
-            z.index_select(0, order), spec, *self._decoder_params()
-        )
+        out = _OpenDecoder.apply(z.index_select(0, order), spec, *params)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
         return out.index_select(0, inverse)
@@ -767,8 +836,8 @@ class ReplayVAE(Generator, nn.Module):
         for p in parts:
             if p.y is not None and p.class_probs is not None:
                 raise ValueError("give the class ids `y` or `class_probs`, not both.")
-        hidden, mu, logvar = self.encode(x)
-        logits = self.classifier(hidden) if self.classifier is not None else None
+        hidden = self.hidden(x)
+        mu, logvar, logits = self._heads(hidden)
         z = self.reparameterize(mu, logvar)
         if self.gates is None:
             raw = self._decode_raw(z, None, check=check)
