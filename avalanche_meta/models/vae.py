@@ -40,7 +40,7 @@ log-variances start as N(0, 1) draws (see :class:`GaussianMixturePrior`).
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -715,8 +715,13 @@ class ReplayVAE(Generator, nn.Module):
                 spec.append((pos, pos + n, units, values, None))
                 perm.append(None)
             else:
-                counts = torch.bincount(ctx, minlength=gates.n_contexts).tolist()
-                present = [(c, k) for c, k in enumerate(counts) if k]
+                # group sizes and order, read on the host (this path is used on
+                # the CPU, where that costs no synchronisation)
+                labels = ctx.tolist()
+                counts: Dict[int, int] = {}
+                for c in labels:
+                    counts[c] = counts.get(c, 0) + 1
+                present = sorted(counts.items())
                 row = pos
                 for c, k in present:
                     units = [o[c] for o in opens]
@@ -725,14 +730,9 @@ class ReplayVAE(Generator, nn.Module):
                     row += k
                 if len(present) == 1:
                     perm.append(None)
-                elif len(present) <= 4:
-                    perm.append(
-                        torch.cat(
-                            [torch.nonzero(ctx == c).flatten() for c, _ in present]
-                        )
-                    )
                 else:
-                    perm.append(torch.argsort(ctx, stable=True))
+                    order = sorted(range(len(labels)), key=labels.__getitem__)
+                    perm.append(torch.tensor(order, device=z.device))
             pos += n
         if all(p is None for p in perm):
             return _OpenDecoder.apply(z, spec, *params)

@@ -820,7 +820,11 @@ class BrainInspiredReplay(KeywordOnlyConstruction, SupervisedTemplate):
             if self._stop_training:
                 break
             idx = torch.randint(n_data, (self.train_mb_size,), device=self.device)
-            self.mbatch = [self._x[idx], self._y[idx], self._t[idx]]
+            self.mbatch = [
+                self._x.index_select(0, idx),
+                self._y.index_select(0, idx),
+                self._t.index_select(0, idx),
+            ]
             self._before_training_iteration(**kwargs)
             self._replay = self._make_replay(self.train_mb_size)
 
