@@ -425,12 +425,24 @@ class BrainInspiredReplay(KeywordOnlyConstruction, SupervisedTemplate):
         error says the model may have been updated since the first non-finite
         loss (restore a checkpoint). 1: every iteration on every device.
 
-    The remaining keyword arguments are those of Avalanche's ``SupervisedTemplate``.
-    Regularisation plugins compose: every iteration fires the usual callbacks, so
-    their terms are added to the loss in ``before_backward``. The paper's BI-R + SI
-    is :class:`avalanche_meta.plugins.si_reference.ReferenceSIPlugin` on the VAE's
-    ``encoder`` and ``classifier`` (its SI formula and parameter set; Avalanche's
-    ``SynapticIntelligencePlugin`` and ``EWCPlugin`` work too).
+    The remaining keyword arguments are those of Avalanche's ``SupervisedTemplate``;
+    construction is keyword-only (positional arguments and unknown keywords are an
+    error naming the close match, for the presets too). Refused, with the reason:
+    ``train_epochs`` other than 1 (BI-R counts ``iterations``), a ``criterion`` other
+    than a plain ``nn.CrossEntropyLoss()``, multi-head models (``MultiTaskModule``),
+    Avalanche's ``ReplayPlugin`` (its buffer would never be read) and ``LwFPlugin`` in
+    Task-IL (it would distil masked units). Regularisation plugins compose: every
+    iteration fires the usual callbacks, so their terms are added to the loss in
+    ``before_backward`` (``EWCPlugin``, ``LwFPlugin`` in Class-IL / Domain-IL,
+    Avalanche's ``SynapticIntelligencePlugin``). The paper's BI-R + SI is
+    :class:`avalanche_meta.plugins.si_reference.ReferenceSIPlugin` on the VAE's
+    ``encoder`` and ``classifier`` (its SI formula and parameter set).
+
+    Task-IL needs task labels (an experience reusing an earlier experience's task
+    label is an error naming ``return_task_id=True``); an experience with several
+    task labels records each task's own classes. Floating inputs are cast to the
+    model's dtype (e.g. float64), in training and evaluation. The evaluation loss
+    is bounded on classes not trained yet (see :meth:`criterion`).
     """
 
     def __init__(
