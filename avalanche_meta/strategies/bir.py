@@ -433,8 +433,10 @@ class BrainInspiredReplay(KeywordOnlyConstruction, SupervisedTemplate):
     Avalanche's ``ReplayPlugin`` (its buffer would never be read) and ``LwFPlugin`` in
     Task-IL (it would distil masked units). Regularisation plugins compose: every
     iteration fires the usual callbacks, so their terms are added to the loss in
-    ``before_backward`` (``EWCPlugin``, ``LwFPlugin`` in Class-IL / Domain-IL,
-    Avalanche's ``SynapticIntelligencePlugin``). The paper's BI-R + SI is
+    ``before_backward`` (Avalanche's ``EWCPlugin``, its ``LwFPlugin`` in Class-IL /
+    Domain-IL, :class:`avalanche_meta.plugins.si.SynapticIntelligencePlugin`;
+    Avalanche 0.6's own SI plugin adds nothing on the CPU, see the tests). The
+    paper's BI-R + SI is
     :class:`avalanche_meta.plugins.si_reference.ReferenceSIPlugin` on the VAE's
     ``encoder`` and ``classifier`` (its SI formula and parameter set).
 
