@@ -41,8 +41,7 @@ def test_run_out_writes_a_loadable_fewshot_model(strategy, tmp_path, omniglot_ro
     assert (out / "fewshot_model.pt").is_file()
     described = json.loads((out / "fewshot_model.json").read_text())
     assert described["info"]["benchmark"] == "omniglot"
-    results = json.loads((out / "results.json").read_text())
-    assert results["fewshot"]["model_folder"] == str(out)
+    assert json.loads((out / "results.json").read_text())["out_dir"] == str(out)
 
     learner = fewshot.load(out)
     torch.manual_seed(0)

@@ -221,9 +221,9 @@ def _key_values(items: Sequence[str], flag: str) -> Dict[str, Any]:
 
 
 #: ``reproduce --only`` keys whose value is always a list (comma-separated).
-LIST_KEYS = ("methods", "scenarios", "protocols", "memories")
+LIST_KEYS = ("methods", "scenarios", "protocols", "memories", "settings")
 #: ``reproduce --only`` keys whose items are labels, kept as text.
-TEXT_KEYS = ("methods", "scenarios", "protocols")
+TEXT_KEYS = ("methods", "scenarios", "protocols", "settings")
 #: Every key some reproduction reads (each one's docstring says which it reads).
 ONLY_KEYS = LIST_KEYS + (
     "n_tasks",

@@ -237,7 +237,6 @@ def fit_fewshot(ctx: RunContext, strategy, info: BenchmarkInfo) -> Dict[str, Any
         from avalanche_meta.fewshot import save
 
         save(strategy, ctx.out_dir, info={"benchmark": info.name, "seed": ctx.seed})
-        payload["model_folder"] = str(ctx.out_dir)
     return {"fewshot": payload}
 
 

@@ -42,7 +42,8 @@ the ``fit`` minus its evaluation), and the table reports how many runs are missi
 
 ``ctx.extra`` (``reproduce --only``) may hold ``methods`` (row labels, e.g.
 ``methods=MAML,Reptile``), ``iterations`` (meta-iterations of MAML, FO-MAML and
-Reptile), and from Python ``settings`` (e.g. ``["5-way 1-shot"]``) and ``budget``
+Reptile), ``settings`` (e.g. ``settings=5-way 1-shot``; a list from Python) and,
+from Python only, ``budget``
 (a dict overriding entries of :data:`BUDGETS`: ``epochs``, ``maml_iterations``,
 ``maml_batch``, ``reptile_iterations``, ``eval_tasks``); any of them makes the run a
 "partial" one with its own section of the results document.
