@@ -12,10 +12,12 @@ is wrong.
 """
 
 import csv
-import io
 import math
 
 import pytest
+import sys
+from pathlib import Path
+
 import torch
 from avalanche.benchmarks.classic import SplitMNIST
 from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
@@ -25,25 +27,9 @@ from avalanche.benchmarks.scenarios.task_aware import with_task_labels
 from avalanche.benchmarks.utils import (
     _make_taskaware_tensor_classification_dataset as make_dataset,
 )
-from avalanche.evaluation.metrics import (
-    accuracy_metrics,
-    bwt_metrics,
-    forgetting_metrics,
-    loss_metrics,
-)
-from avalanche.logging import (
-    CSVLogger,
-    InteractiveLogger,
-    TensorboardLogger,
-    TextLogger,
-)
+from avalanche.logging import TextLogger
 from avalanche.models import MTSimpleMLP, SimpleMLP
-from avalanche.training.plugins import (
-    EvaluationPlugin,
-    EWCPlugin,
-    LwFPlugin,
-    ReplayPlugin,
-)
+from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
 from avalanche.training.supervised import Naive
 from torch import nn
 
@@ -52,6 +38,9 @@ from avalanche_meta.plugins.si_reference import ReferenceSIPlugin
 from avalanche_meta.strategies._keywords import StrategyArgumentError
 from avalanche_meta.strategies.bir import BrainInspiredReplay, replay_vae
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dropin_common import evaluator, small_split_mnist  # noqa: E402
+
 torch.set_num_threads(1)
 
 N_TRAIN, N_TEST, HIDDEN, ITERS = 60, 40, 32, 4
@@ -59,63 +48,13 @@ METHODS = ["bir", "rtf", "dgr", "dgr-distill", "bir-si"]
 
 
 # -- the benchmarks ------------------------------------------------------------------
-def _small(bm, task_labels):
-    """The same SplitMNIST on N_TRAIN / N_TEST examples per experience (Avalanche's
-    ``nc_benchmark`` on class-balanced subsets of the benchmark's own datasets)."""
-    from avalanche.benchmarks import nc_benchmark
-
-    def subset(ds, per_class):
-        y = torch.as_tensor(list(ds.targets))
-        idx = torch.cat(
-            [torch.nonzero(y == c).flatten()[:per_class] for c in range(10)]
-        )
-        return ds.subset(idx.tolist())
-
-    return nc_benchmark(
-        train_dataset=subset(bm.original_train_dataset, N_TRAIN // 2),
-        test_dataset=subset(bm.original_test_dataset, N_TEST // 2),
-        n_experiences=5,
-        task_labels=task_labels,
-        fixed_class_order=list(range(10)),
-        train_transform=None,
-        eval_transform=None,
-    )
-
-
 @pytest.fixture(scope="module")
 def split_mnist(mnist_root):
-    """``{return_task_id: small SplitMNIST}`` without transforms (pixels in [0, 1])."""
-    out = {}
-    for task_labels in (False, True):
-        bm = SplitMNIST(
-            n_experiences=5,
-            return_task_id=task_labels,
-            seed=0,
-            fixed_class_order=list(range(10)),
-            dataset_root=str(mnist_root),
-            train_transform=None,
-            eval_transform=None,
-        )
-        out[task_labels] = _small(bm, task_labels)
-    return out
+    """``{return_task_id: small SplitMNIST}`` (5 experiences of 2 digits), no transforms."""
+    return small_split_mnist(mnist_root, N_TRAIN, N_TEST, transforms=False)
 
 
-def _evaluator(tmp_path=None):
-    loggers = [TextLogger(io.StringIO())]
-    if tmp_path is not None:
-        loggers = [
-            InteractiveLogger(),
-            TextLogger(open(tmp_path / "log.txt", "w")),
-            CSVLogger(str(tmp_path / "csv")),
-            TensorboardLogger(str(tmp_path / "tb")),
-        ]
-    return EvaluationPlugin(
-        accuracy_metrics(epoch=True, experience=True, stream=True),
-        loss_metrics(epoch=True, experience=True, stream=True),
-        forgetting_metrics(experience=True, stream=True),
-        bwt_metrics(experience=True, stream=True),
-        loggers=loggers,
-    )
+_evaluator = evaluator
 
 
 def _vae(scenario="class", feedback=True, conditional=True, gating=0.8, seed=0):

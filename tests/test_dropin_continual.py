@@ -9,14 +9,14 @@ loggers. Each test asserts behaviour that fails when the code is wrong.
 
 import copy
 import csv
-import io
 import math
-import warnings
 from pathlib import Path
 
 import pytest
+import sys
+from pathlib import Path
+
 import torch
-from avalanche.benchmarks.classic import SplitMNIST
 from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario, make_stream
 from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
@@ -25,25 +25,9 @@ from avalanche.benchmarks.utils import (
     _make_taskaware_tensor_classification_dataset as make_dataset,
 )
 from avalanche.core import SupervisedPlugin
-from avalanche.evaluation.metrics import (
-    accuracy_metrics,
-    bwt_metrics,
-    forgetting_metrics,
-    loss_metrics,
-)
-from avalanche.logging import (
-    CSVLogger,
-    InteractiveLogger,
-    TensorboardLogger,
-    TextLogger,
-)
+from avalanche.logging import TextLogger
 from avalanche.models import MTSimpleMLP, MultiTaskModule, SimpleMLP
-from avalanche.training.plugins import (
-    EvaluationPlugin,
-    EWCPlugin,
-    LwFPlugin,
-    ReplayPlugin,
-)
+from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin
 from avalanche.training.supervised import Naive
 from torch import nn
 
@@ -54,73 +38,22 @@ from avalanche_meta.strategies import ER, MER, NeuronCalibration
 from avalanche_meta.strategies._keywords import StrategyArgumentError
 from avalanche_meta.utils.scenario import ActiveUnits
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dropin_common import evaluator, small_split_mnist  # noqa: E402
+
 torch.set_num_threads(1)
 
 N_TRAIN, N_TEST, HIDDEN = 120, 60, 32
 
 
 # -- the benchmarks ------------------------------------------------------------------
-def _small(bm, task_labels):
-    """The same SplitMNIST on N_TRAIN / N_TEST examples per experience: Avalanche's
-    ``nc_benchmark`` (which ``SplitMNIST`` is built with) on class-balanced subsets
-    of the benchmark's own datasets, so experiences keep every classic attribute."""
-    from avalanche.benchmarks import nc_benchmark
-    from avalanche.benchmarks.classic.cmnist import (
-        _default_mnist_eval_transform,
-        _default_mnist_train_transform,
-    )
-
-    def subset(ds, per_class):
-        y = torch.as_tensor(list(ds.targets))
-        idx = torch.cat(
-            [torch.nonzero(y == c).flatten()[:per_class] for c in range(10)]
-        )
-        return ds.subset(idx.tolist())
-
-    return nc_benchmark(
-        train_dataset=subset(bm.original_train_dataset, N_TRAIN // 2),
-        test_dataset=subset(bm.original_test_dataset, N_TEST // 2),
-        n_experiences=5,
-        task_labels=task_labels,
-        fixed_class_order=list(range(10)),
-        train_transform=_default_mnist_train_transform,
-        eval_transform=_default_mnist_eval_transform,
-    )
-
-
 @pytest.fixture(scope="module")
 def split_mnist(mnist_root):
     """``{return_task_id: small SplitMNIST}`` (5 experiences of 2 digits)."""
-    out = {}
-    for task_labels in (False, True):
-        bm = SplitMNIST(
-            n_experiences=5,
-            return_task_id=task_labels,
-            seed=0,
-            fixed_class_order=list(range(10)),
-            dataset_root=str(mnist_root),
-        )
-        out[task_labels] = _small(bm, task_labels)
-    return out
+    return small_split_mnist(mnist_root, N_TRAIN, N_TEST, transforms=True)
 
 
-def _evaluator(tmp_path=None):
-    """Accuracy, loss, forgetting, BWT; all four loggers when ``tmp_path`` is given."""
-    loggers = [TextLogger(io.StringIO())]
-    if tmp_path is not None:
-        loggers = [
-            InteractiveLogger(),
-            TextLogger(open(tmp_path / "log.txt", "w")),
-            CSVLogger(str(tmp_path / "csv")),
-            TensorboardLogger(str(tmp_path / "tb")),
-        ]
-    return EvaluationPlugin(
-        accuracy_metrics(epoch=True, experience=True, stream=True),
-        loss_metrics(epoch=True, experience=True, stream=True),
-        forgetting_metrics(experience=True, stream=True),
-        bwt_metrics(experience=True, stream=True),
-        loggers=loggers,
-    )
+_evaluator = evaluator
 
 
 def _mlp(seed=0):

@@ -14,28 +14,18 @@ loss (tasks of 2 digits of the experience for SplitMNIST). Each test asserts
 behaviour that fails when the code is wrong.
 """
 
-import copy
 import csv
 import io
 import math
 from pathlib import Path
 
 import pytest
+import sys
+from pathlib import Path
+
 import torch
-from avalanche.benchmarks.classic import SplitMNIST
 from avalanche.core import SupervisedPlugin
-from avalanche.evaluation.metrics import (
-    accuracy_metrics,
-    bwt_metrics,
-    forgetting_metrics,
-    loss_metrics,
-)
-from avalanche.logging import (
-    CSVLogger,
-    InteractiveLogger,
-    TensorboardLogger,
-    TextLogger,
-)
+from avalanche.logging import TextLogger
 from avalanche.models import MTSimpleMLP, SimpleMLP
 from avalanche.training.plugins import (
     EvaluationPlugin,
@@ -57,6 +47,9 @@ from avalanche_meta.strategies.maml import FOMAML, MAML
 from avalanche_meta.strategies.reptile import Reptile
 from avalanche_meta.strategies.transfer import TransferLearning
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dropin_common import evaluator, small_split_mnist  # noqa: E402
+
 torch.set_num_threads(1)
 
 N_TRAIN, N_TEST, HIDDEN = 120, 60, 32
@@ -72,48 +65,10 @@ EVAL = FewShotEval(
 
 
 # -- the benchmarks ------------------------------------------------------------------
-def _small(bm, task_labels):
-    """The same SplitMNIST on N_TRAIN / N_TEST examples per experience: Avalanche's
-    ``nc_benchmark`` (which ``SplitMNIST`` is built with) on class-balanced subsets
-    of the benchmark's own datasets, so experiences keep every classic attribute."""
-    from avalanche.benchmarks import nc_benchmark
-    from avalanche.benchmarks.classic.cmnist import (
-        _default_mnist_eval_transform,
-        _default_mnist_train_transform,
-    )
-
-    def subset(ds, per_class):
-        y = torch.as_tensor(list(ds.targets))
-        idx = torch.cat(
-            [torch.nonzero(y == c).flatten()[:per_class] for c in range(10)]
-        )
-        return ds.subset(idx.tolist())
-
-    return nc_benchmark(
-        train_dataset=subset(bm.original_train_dataset, N_TRAIN // 2),
-        test_dataset=subset(bm.original_test_dataset, N_TEST // 2),
-        n_experiences=5,
-        task_labels=task_labels,
-        fixed_class_order=list(range(10)),
-        train_transform=_default_mnist_train_transform,
-        eval_transform=_default_mnist_eval_transform,
-    )
-
-
 @pytest.fixture(scope="module")
 def split_mnist(mnist_root):
     """``{return_task_id: small SplitMNIST}`` (5 experiences of 2 digits)."""
-    out = {}
-    for task_labels in (False, True):
-        bm = SplitMNIST(
-            n_experiences=5,
-            return_task_id=task_labels,
-            seed=0,
-            fixed_class_order=list(range(10)),
-            dataset_root=str(mnist_root),
-        )
-        out[task_labels] = _small(bm, task_labels)
-    return out
+    return small_split_mnist(mnist_root, N_TRAIN, N_TEST, transforms=True)
 
 
 @pytest.fixture(scope="module")
@@ -125,24 +80,7 @@ def omniglot(omniglot_root, tmp_path_factory):
     )
 
 
-def _evaluator(tmp_path=None, *extra):
-    """Accuracy, loss, forgetting, BWT; all four loggers when ``tmp_path`` is given."""
-    loggers = [TextLogger(io.StringIO())]
-    if tmp_path is not None:
-        loggers = [
-            InteractiveLogger(),
-            TextLogger(open(tmp_path / "log.txt", "w")),
-            CSVLogger(str(tmp_path / "csv")),
-            TensorboardLogger(str(tmp_path / "tb")),
-        ]
-    return EvaluationPlugin(
-        accuracy_metrics(epoch=True, experience=True, stream=True),
-        loss_metrics(epoch=True, experience=True, stream=True),
-        forgetting_metrics(experience=True, stream=True),
-        bwt_metrics(experience=True, stream=True),
-        *extra,
-        loggers=loggers,
-    )
+_evaluator = evaluator
 
 
 def _mlp(out, seed=0):
