@@ -190,7 +190,11 @@ def build_ours(protocol: str, data_root: str, adam: str, iters: int):
 class IterationClock:
     """A plugin timing our iterations (between consecutive
     ``before_training_iteration`` callbacks) and running ``between`` every
-    ``block`` iterations (not counted)."""
+    ``block`` iterations (not counted).
+
+    ``bench bir`` has the same clock; this script keeps its own copy on purpose: it
+    also times older checkouts of the package (``PYTHONPATH=<checkout>``), which do
+    not have the bench module."""
 
     def __init__(
         self, warmup: int, block: int, between: Optional[Callable], wanted: int

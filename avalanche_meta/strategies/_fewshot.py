@@ -77,6 +77,7 @@ from avalanche_meta.utils.validation import (
     check_in_interval,
     check_non_negative,
     check_positive,
+    cross_entropy_departures,
 )
 
 
@@ -333,13 +334,7 @@ def check_cross_entropy(name: str, criterion) -> None:
     if criterion is F.cross_entropy:
         return
     if isinstance(criterion, CrossEntropyLoss):
-        problems = []
-        if criterion.reduction != "mean":
-            problems.append(f"reduction={criterion.reduction!r} (needs 'mean')")
-        if criterion.weight is not None:
-            problems.append("class weights (classes are remapped per task)")
-        if criterion.label_smoothing != 0.0:
-            problems.append(f"label_smoothing={criterion.label_smoothing}")
+        problems = cross_entropy_departures(criterion)
         if not problems:
             return
         what = "CrossEntropyLoss with " + ", ".join(problems)

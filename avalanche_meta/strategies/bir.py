@@ -135,6 +135,7 @@ from avalanche_meta.utils.validation import (
     check_finite_loss,
     check_in_interval,
     check_positive,
+    cross_entropy_departures,
 )
 
 
@@ -301,15 +302,7 @@ def _check_avalanche_arguments(
             "terms); `criterion` must be nn.CrossEntropyLoss() (or left out), got "
             f"{type(criterion).__name__}."
         )
-    problems = []
-    if criterion.reduction != "mean":
-        problems.append(f"reduction={criterion.reduction!r}")
-    if float(criterion.label_smoothing) != 0.0:
-        problems.append(f"label_smoothing={criterion.label_smoothing}")
-    if criterion.weight is not None:
-        problems.append("class weights")
-    if criterion.ignore_index != -100:
-        problems.append(f"ignore_index={criterion.ignore_index}")
+    problems = cross_entropy_departures(criterion)
     if problems:
         raise StrategyArgumentError(
             "BrainInspiredReplay weighs a mean cross-entropy of the current samples "

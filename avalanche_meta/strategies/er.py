@@ -43,6 +43,7 @@ from avalanche_meta.utils.scenario import (
 )
 from avalanche_meta.utils.validation import (
     check_choice,
+    cross_entropy_departures,
     check_finite_loss,
     check_positive,
 )
@@ -107,15 +108,7 @@ def check_criterion(criterion: Any, name: str) -> None:
             f"itself; `criterion` must be nn.CrossEntropyLoss() (or left out), got "
             f"{type(criterion).__name__}."
         )
-    problems = []
-    if criterion.reduction != "mean":
-        problems.append(f"reduction={criterion.reduction!r} (needs 'mean')")
-    if float(criterion.label_smoothing) != 0.0:
-        problems.append(f"label_smoothing={criterion.label_smoothing} (needs 0)")
-    if criterion.weight is not None:
-        problems.append("class weights (needs weight=None)")
-    if criterion.ignore_index != -100:
-        problems.append(f"ignore_index={criterion.ignore_index} (needs the default)")
+    problems = cross_entropy_departures(criterion)
     if problems:
         raise ValueError(
             f"{name} computes a plain mean cross-entropy itself; this "

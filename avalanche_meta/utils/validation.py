@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional
 
 import torch
 
 
 class NonFiniteLossError(FloatingPointError):
     """Raised instead of training on a NaN or infinite loss."""
+
+
+def cross_entropy_departures(criterion: torch.nn.CrossEntropyLoss) -> List[str]:
+    """The settings of an ``nn.CrossEntropyLoss`` that differ from its defaults
+    (``reduction='mean'``, ``label_smoothing=0``, no ``weight``,
+    ``ignore_index=-100``), each as ``"setting (needs default)"``; empty when it is
+    the plain mean cross-entropy the strategies compute themselves."""
+    problems = []
+    if criterion.reduction != "mean":
+        problems.append(f"reduction={criterion.reduction!r} (needs 'mean')")
+    if float(criterion.label_smoothing) != 0.0:
+        problems.append(f"label_smoothing={criterion.label_smoothing} (needs 0)")
+    if criterion.weight is not None:
+        problems.append("class weights (needs weight=None)")
+    if criterion.ignore_index != -100:
+        problems.append(f"ignore_index={criterion.ignore_index} (needs the default)")
+    return problems
 
 
 def check_positive(name: str, value, *, integer: bool = False) -> None:
