@@ -229,8 +229,9 @@ def test_trains_with_and_without_task_labels(split_mnist, method, task_labels):
     ]
     if task_labels:  # two 2-way tasks (chance 0.5)
         assert sum(acc) / 2 > 0.65, acc
-    else:  # the last experience, among 4 active classes (chance 0.25)
-        assert acc[1] > 0.45, acc
+    else:  # the last experience, among 4 active classes (chance 0.25; 0.40 is
+        # 2.6 standard deviations above it on these 60 test images)
+        assert acc[1] >= 0.40, acc
 
 
 # -- (5) multi-head ------------------------------------------------------------------------

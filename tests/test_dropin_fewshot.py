@@ -393,8 +393,9 @@ def test_evaluation_on_experiences_never_trained_on_is_finite(cls, split_mnist):
     res = s.eval(bm.test_stream)
     for j in range(5):
         loss = res[f"Loss_Exp/eval_phase/test_stream/Task000/Exp{j:03d}"]
-        # a 2-way query cross-entropy (0.69 at chance), no -1e9-masked logits
-        assert math.isfinite(loss) and 0 < loss < 50
+        # a 2-way query cross-entropy (0.69 at chance; tens when confidently wrong),
+        # never the ~1e8 of -1e9-masked logits
+        assert math.isfinite(loss) and 0 < loss < 1e3
         assert res[f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{j:03d}"] > 0
 
 
