@@ -19,6 +19,7 @@ from avalanche_meta.models.vae import (
     VAEPart,
     GaussianMixturePrior,
     ReplayVAE,
+    bce_with_logits_rows,
     kl_diag_gaussians,
     kl_standard_normal,
 )
@@ -499,3 +500,31 @@ def test_mixture_log_prob_skips_unweighted_modes_exactly():
     assert torch.allclose(grads[0], prior.means.grad, atol=1e-6)
     assert torch.allclose(grads[1], prior.logvars.grad, atol=1e-6)
     assert grads[0][1].abs().max() == 0 and grads[0][0].abs().max() > 0
+
+
+def test_bce_rows_matches_torch_value_and_gradient_including_saturated_logits():
+    """The vectorised BCE row sums give torch's values (to float rounding) and the
+    same gradient, also for logits far in both tails; a target needing a gradient
+    goes through torch's own function."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 784, generator=g) * 6.0
+    logits[0, :10] = torch.tensor(
+        [-200.0, -90.0, -40.0, -17.0, 0.0, 1e-6, 17.0, 40.0, 90.0, 200.0]
+    )
+    target = torch.rand(16, 784, generator=g)
+    target[1] = (target[1] > 0.5).float()
+    a = logits.clone().requires_grad_()
+    b = logits.clone().requires_grad_()
+    ours = bce_with_logits_rows(a, target)
+    ref = F.binary_cross_entropy_with_logits(b, target, reduction="none").sum(1)
+    assert ours.shape == (16,)
+    # per element at most ~1.2e-7 from log1p rounding, plus float summation
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=784 * 2e-7)
+    w = torch.randn(16, generator=g)
+    (ours * w).sum().backward()
+    (ref * w).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-7)
+    t_grad = target.clone().requires_grad_()
+    fallback = bce_with_logits_rows(logits, t_grad)
+    fallback.sum().backward()
+    assert t_grad.grad is not None and torch.isfinite(t_grad.grad).all()

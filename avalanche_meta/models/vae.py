@@ -83,6 +83,56 @@ def kl_diag_gaussians(
     ).sum(-1)
 
 
+class _BCEWithLogitsRows(torch.autograd.Function):
+    """Row sums of binary cross-entropy on logits, with its gradient in closed form.
+
+    Per element ``max(a, 0) - a * t - log(sigmoid(|a|))``, which equals
+    ``max(a, 0) - a * t + log(1 + exp(-|a|))`` (the stable form of BCE on
+    ``sigmoid(a)``); the backward pass is ``(sigmoid(a) - t) * grad``, the same
+    expression autograd uses for ``F.binary_cross_entropy_with_logits``.
+
+    Why by hand: on CPU, torch's ``binary_cross_entropy_with_logits`` goes through
+    ``log_sigmoid``, whose kernel (like ``log1p`` and ``softplus``) is not vectorised
+    in current torch builds: 1.1-1.2 ms for a 128 x 784 batch on this machine's
+    AVX-512 CPU, against about 0.3 ms here with the vectorised ``sigmoid`` and
+    ``log``. The value differs from ``log1p`` only where ``exp(-|a|)`` is below
+    float32 resolution (then ``log(sigmoid(|a|))`` rounds to 0 instead of about
+    ``exp(-|a|)``, an absolute error below 1.2e-7 per element); the gradient is
+    the same expression.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+        s = torch.sigmoid(logits)
+        soft = torch.sigmoid(logits.abs()).log_()  # log(sigmoid(|a|)) <= 0
+        loss = logits.clamp_min(0.0).sub_(logits * target).sub_(soft).sum(1)
+        ctx.save_for_backward(s, target)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        s, target = ctx.saved_tensors
+        return (s - target).mul_(grad.unsqueeze(1)), None
+
+
+def bce_with_logits_rows(logits: Tensor, target: Tensor) -> Tensor:
+    """``F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(1)``
+    for 2-D inputs, computed with vectorised kernels (:class:`_BCEWithLogitsRows`).
+
+    Falls back to torch's function when ``target`` needs a gradient (the closed-form
+    backward gives none for it) or the inputs are not two matching 2-D tensors. The
+    backward pass is not differentiable again (``create_graph`` through it raises).
+    """
+    if target.requires_grad or logits.dim() != 2 or target.shape != logits.shape:
+        return (
+            F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            .flatten(1)
+            .sum(1)
+        )
+    return _BCEWithLogitsRows.apply(logits, target)
+
+
 class StandardNormalPrior(nn.Module):
     """The standard normal prior ``p(z) = N(0, I)`` (unconditional replay).
 
@@ -854,9 +904,7 @@ class ReplayVAE(Generator, nn.Module):
             if self.recon_type == "bce":
                 # from the logits: same value as BCE on the sigmoid, stable when
                 # saturated
-                recon = F.binary_cross_entropy_with_logits(
-                    raw_p, x_p, reduction="none"
-                ).sum(1)
+                recon = bce_with_logits_rows(raw_p, x_p)
                 x_recon = torch.sigmoid(raw_p) if reconstruction else None
             else:
                 recon = 0.5 * (raw_p - x_p).pow(2).sum(1)
