@@ -473,3 +473,88 @@ def test_long_runs_start_first_once_their_duration_is_known():
     # known: longest first; unknown kinds before known ones
     assert order({ga: 1.0, gb: 10.0}) == ["b0", "b1", "b2", "a0", "a1", "a2"]
     assert order({ga: 1.0}) == ["b0", "b1", "b2", "a0", "a1", "a2"]
+
+
+def test_diagonal_evaluation_gives_the_matrix_runs_ra_la_bti(tmp_path):
+    """``evaluation="diagonal"`` evaluates each task after training it and every
+    task at the end: RA, LA, BWT and BTI equal the full-matrix run's exactly (the
+    model is the same), the other entries are absent and forgetting / FWT are not
+    computed; the option is in the run's key only when it is not the default."""
+    from avalanche_meta.experiments.runner import UsageError, run_experiment
+
+    common = dict(
+        scenario="class",
+        seed=0,
+        hparams=TINY,
+        progress=False,
+        plots=False,
+        initial_eval=False,
+    )
+    full = run_experiment("naive", "split-digits", out_dir=tmp_path / "m", **common)
+    diag = run_experiment(
+        "naive",
+        "split-digits",
+        out_dir=tmp_path / "d",
+        evaluation="diagonal",
+        **common,
+    )
+    for k in ("average_accuracy", "learning_accuracy", "bwt", "bti"):
+        assert diag[k] == full[k], k
+    R, F = diag["accuracy_matrix"], full["accuracy_matrix"]
+    n = len(F)
+    assert R[-1] == F[-1]
+    assert [R[i][i] for i in range(n)] == [F[i][i] for i in range(n)]
+    holes = [(i, j) for i in range(n - 1) for j in range(n) if j != i]
+    assert all(R[i][j] is None for i, j in holes)
+    assert all(F[i][j] is not None for i, j in holes)
+    assert diag["forgetting"] is None and diag["fwt"] is None
+    assert full["forgetting"] is not None
+    assert diag["config"]["evaluation"] == "diagonal"
+    # the key: unchanged for the default, new for "diagonal"
+    plain = resolve_run_config("naive", "split-digits", scenario="class")
+    assert "evaluation" not in plain.options
+    assert (
+        resolve_run_config(
+            "naive", "split-digits", scenario="class", evaluation="matrix"
+        ).key
+        == plain.key
+    )
+    d = resolve_run_config(
+        "naive", "split-digits", scenario="class", evaluation="diagonal"
+    )
+    assert d.options["evaluation"] == "diagonal" and d.key != plain.key
+    with pytest.raises(
+        UsageError, match="`evaluation` must be one of matrix, diagonal"
+    ):
+        resolve_run_config("naive", "split-digits", evaluation="rows")
+    # a run store executes it with the option
+    store = RunStore(tmp_path / "store")
+    cfg = resolve_run_config(
+        "naive",
+        "split-digits",
+        scenario="class",
+        hparams=TINY,
+        initial_eval=False,
+        evaluation="diagonal",
+    )
+    res = run_sweep([cfg], store, log=None, progress=False).get(cfg)
+    assert res["config"]["evaluation"] == "diagonal"
+    assert res["average_accuracy"] == full["average_accuracy"]
+
+
+def test_mer_table_evaluates_many_permutations_on_the_diagonal():
+    """The 100-task stream runs with ``evaluation="diagonal"`` (no initial eval);
+    the 20-task streams keep the full matrix and their run keys."""
+    from avalanche_meta.experiments.context import ReproContext
+    from avalanche_meta.experiments.tables.mer import plan_mer_mnist
+
+    plan = plan_mer_mnist(ReproContext(quick=False, seeds=1))
+    by_group = {}
+    for run in plan.runs:
+        by_group.setdefault(run.group.split()[0], []).append(run.config)
+    assert all(
+        c.options == {"initial_eval": False, "evaluation": "diagonal"}
+        for c in by_group["many"]
+    )
+    for protocol in ("rotations", "permutations"):
+        assert all(c.options == {"initial_eval": True} for c in by_group[protocol])

@@ -326,6 +326,14 @@ def build_run_parser(spec: registry.StrategySpec) -> argparse.ArgumentParser:
         action="store_true",
         help="skip the eval before training (then FWT is not computed)",
     )
+    p.add_argument(
+        "--evaluation",
+        choices=("matrix", "diagonal"),
+        default="matrix",
+        help="matrix: every test experience after every experience; diagonal: "
+        "each experience's own after it, all after the last (RA, LA, BWT, BTI "
+        "only; for long streams such as many-permutations)",
+    )
     _add_bench_opt(p)
     _add_threads(p)
     group = p.add_argument_group(f"hyper-parameters of {spec.name}")
@@ -436,6 +444,7 @@ def cmd_run(argv: List[str]) -> int:
         tensorboard=args.tensorboard,
         csv=args.csv,
         initial_eval=not args.no_initial_eval,
+        evaluation=args.evaluation,
         command=shlex.join([PROG, "run", *argv]),
         save_model=args.save_model,
     )

@@ -2,7 +2,7 @@
 
 A :class:`RunConfig` is everything that decides a run's numbers: the strategy, its
 full hyper-parameters, the benchmark and its options, the scenario, the seed and the
-run options that change results (``initial_eval``). Its :attr:`RunConfig.key` is a
+run options that change results (``initial_eval``, ``evaluation``). Its :attr:`RunConfig.key` is a
 SHA-256 hash of that content written as canonical JSON, so the same configuration
 always gets the same key and any change (one hyper-parameter, the seed, a benchmark
 option) gets a new one.
@@ -33,7 +33,7 @@ KEY_VERSION = 1
 
 #: ``run_experiment`` keyword arguments that change a run's numbers; they go in
 #: :attr:`RunConfig.options`.
-RESULT_OPTIONS = ("initial_eval",)
+RESULT_OPTIONS = ("initial_eval", "evaluation")
 
 
 def _jsonable(value: Any) -> Any:
@@ -136,6 +136,7 @@ def resolve_run_config(
     preset: Optional[str] = None,
     benchmark_options: Optional[Mapping[str, Any]] = None,
     initial_eval: bool = True,
+    evaluation: str = "matrix",
 ) -> RunConfig:
     """The canonical :class:`RunConfig` of a registered strategy on a registered
     benchmark (arguments as in :func:`avalanche_meta.experiments.runner.run_experiment`).
@@ -145,12 +146,16 @@ def resolve_run_config(
     ``hparams``, each converted to its declared type; the preset's name itself is not
     kept.
 
+    ``evaluation`` enters :attr:`RunConfig.options` only when it is not the
+    default ``"matrix"``, so the keys of runs made before it existed stay valid.
+
     :raises UsageError: unknown names, unsupported scenario, bad hyper-parameters or
-        benchmark options, a bad seed.
+        benchmark options, a bad seed, an unknown ``evaluation``.
     """
     from avalanche_meta.experiments.runner import (
         UsageError,
         check_benchmark_options,
+        check_evaluation,
         get_benchmark_spec,
         get_strategy_spec,
         resolve_hparams,
@@ -165,6 +170,10 @@ def resolve_run_config(
     check_benchmark_options(b_spec, opts)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UsageError(f"`seed` must be a non-negative integer, got {seed!r}.")
+    check_evaluation(evaluation)
+    options: Dict[str, Any] = {"initial_eval": bool(initial_eval)}
+    if evaluation != "matrix":
+        options["evaluation"] = evaluation
     return RunConfig(
         strategy=strategy,
         benchmark=benchmark,
@@ -172,7 +181,7 @@ def resolve_run_config(
         seed=seed,
         hparams=hp,
         benchmark_options=opts,
-        options={"initial_eval": bool(initial_eval)},
+        options=options,
     )
 
 

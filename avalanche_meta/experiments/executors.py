@@ -66,7 +66,9 @@ def default_runner(
     (:func:`avalanche_meta.experiments.runner.run_experiment`)."""
     from avalanche_meta.experiments.runner import run_experiment
 
-    known = {k: v for k, v in config.options.items() if k in ("initial_eval",)}
+    from avalanche_meta.experiments.config import RESULT_OPTIONS
+
+    known = {k: v for k, v in config.options.items() if k in RESULT_OPTIONS}
     return run_experiment(
         config.strategy,
         config.benchmark,

@@ -28,6 +28,7 @@ import platform
 import random
 import resource
 import sys
+import warnings
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -110,6 +111,19 @@ def resolve_scenario(
 # --------------------------------------------------------------------------------
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+
+
+#: How a run evaluates during training (see :func:`run_experiment`).
+EVALUATIONS = ("matrix", "diagonal")
+
+
+def check_evaluation(evaluation: Any) -> None:
+    """Raise :class:`UsageError` unless ``evaluation`` is one of :data:`EVALUATIONS`."""
+    if evaluation not in EVALUATIONS:
+        raise UsageError(
+            f"`evaluation` must be one of {', '.join(EVALUATIONS)}, got "
+            f"{evaluation!r}."
+        )
 
 
 def parse_bool(text: Any) -> bool:
@@ -236,6 +250,29 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+def _global_rng_states() -> tuple:
+    """The states of torch's (CPU and CUDA), numpy's and ``random``'s global
+    generators."""
+    import numpy as np
+    import torch
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda, np.random.get_state(), random.getstate()
+
+
+def _set_global_rng_states(states: tuple) -> None:
+    """Restore what :func:`_global_rng_states` returned."""
+    import numpy as np
+    import torch
+
+    cpu, cuda, np_state, py_state = states
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+    np.random.set_state(np_state)
+    random.setstate(py_state)
+
+
 def default_data_root() -> Optional[str]:
     """``$AVALANCHE_META_DATA``, else None (each benchmark then uses Avalanche's
     dataset location, ``~/.avalanche/data/<name>``)."""
@@ -283,9 +320,17 @@ def _percent(R: List[List[Optional[float]]]) -> List[List[Optional[float]]]:
 
 
 def _summaries(
-    R: List[List[Optional[float]]], b: Optional[List[Optional[float]]], joint: bool
+    R: List[List[Optional[float]]],
+    b: Optional[List[Optional[float]]],
+    joint: bool,
+    evaluation: str = "matrix",
 ) -> Dict[str, Optional[float]]:
-    """The summaries of a percent matrix (see :mod:`avalanche_meta.evaluation`)."""
+    """The summaries of a percent matrix (see :mod:`avalanche_meta.evaluation`).
+
+    With ``evaluation="diagonal"`` only the diagonal and the last row exist: the
+    average and learning accuracies, BWT and BTI come from them; forgetting and
+    FWT need other entries and are None.
+    """
     from avalanche_meta.evaluation.metrics import (
         average_accuracy,
         bti,
@@ -312,6 +357,14 @@ def _summaries(
         out = dict(empty)
         out["average_accuracy"] = average_accuracy(R[-1:], over="all")
         return out
+    if evaluation == "diagonal":
+        return dict(
+            empty,
+            average_accuracy=average_accuracy(R),
+            learning_accuracy=learning_accuracy(R),
+            bwt=bwt(R),
+            bti=bti(R),
+        )
     return {
         "average_accuracy": average_accuracy(R),
         "learning_accuracy": learning_accuracy(R),
@@ -341,6 +394,7 @@ def run_experiment(
     initial_eval: bool = True,
     command: Optional[str] = None,
     save_model: bool = False,
+    evaluation: str = "matrix",
 ) -> Dict[str, Any]:
     """Train and evaluate one registered strategy on one registered benchmark.
 
@@ -365,6 +419,16 @@ def run_experiment(
     :param command: the command line, recorded in the results.
     :param save_model: also write the final weights, ``out_dir/model.pt`` (the
         strategy's model ``state_dict``).
+    :param evaluation: ``"matrix"``: after every experience, evaluate every test
+        experience (the full accuracy matrix). ``"diagonal"``: after each experience
+        only its own test experience, and after the last one the whole stream: the
+        diagonal and the last row, all that the average and learning accuracies,
+        BWT and BTI (MER's RA, LA, BTI) read, with the same values as ``"matrix"``
+        (evaluation changes no state); forgetting and FWT are then not computed.
+        For long streams: MER's Many Permutations evaluates 100 tasks x 10,000
+        images after each of 100 tasks with ``"matrix"`` (100 M images), 2 M
+        with ``"diagonal"``. Evaluation leaves the global random generators as it
+        found them, so neither this option nor ``initial_eval`` changes training.
     :return: the results (also written to ``out_dir/results.json``); accuracies and
         their summaries in percent.
     :raises UsageError: unknown names, unsupported scenario, bad hyper-parameters.
@@ -384,6 +448,7 @@ def run_experiment(
     b_spec = get_benchmark_spec(benchmark)
     scenario = resolve_scenario(s_spec, b_spec, scenario)
     hp = resolve_hparams(s_spec, preset, hparams)
+    check_evaluation(evaluation)
     bench_opts = dict(benchmark_options or {})
     check_benchmark_options(b_spec, bench_opts)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -448,15 +513,20 @@ def run_experiment(
     model_strategy = s_spec.build(ctx, **hp)
 
     # Time spent in eval is measured by wrapping the strategy's eval, so that the
-    # training time excludes it on both the default loop and a custom ``fit``.
+    # training time excludes it on both the default loop and a custom ``fit``. The
+    # wrapper also gives the global random generators back as they were: each
+    # DataLoader iterator draws its seed from torch's, so otherwise how much is
+    # evaluated (``initial_eval``, ``evaluation``) would change the training.
     eval_time = [0.0]
     inner_eval = model_strategy.eval
 
     def timed_eval(*args, **kwargs):
         t0 = time.perf_counter()
+        rng = _global_rng_states()
         try:
             return inner_eval(*args, **kwargs)
         finally:
+            _set_global_rng_states(rng)
             eval_time[0] += time.perf_counter() - t0
 
     model_strategy.eval = timed_eval
@@ -468,6 +538,14 @@ def run_experiment(
         online_batch = int(hp.get("online_batch") or s_spec.online_batch)
     test_stream = info.benchmark.test_stream
 
+    train_stream = info.benchmark.train_stream
+    diagonal = evaluation == "diagonal" and s_spec.fit is None
+    if diagonal and len(test_stream) != len(train_stream):
+        raise UsageError(
+            f"evaluation='diagonal' pairs training and test experiences, but "
+            f"{benchmark!r} has {len(train_stream)} training and "
+            f"{len(test_stream)} test experiences; use evaluation='matrix'."
+        )
     if initial_eval:
         model_strategy.eval(test_stream)
     initial_eval_seconds = eval_time[0]
@@ -479,7 +557,8 @@ def run_experiment(
         else:
             from avalanche_meta.benchmarks.online import online_stream
 
-            for i, exp in enumerate(info.benchmark.train_stream):
+            last = len(train_stream) - 1
+            for i, exp in enumerate(train_stream):
                 if online:
                     # online_stream keeps task labels and classes on every
                     # mini-experience (split_online_stream drops them).
@@ -490,7 +569,15 @@ def run_experiment(
                     )
                 else:
                     model_strategy.train(exp)
-                model_strategy.eval(test_stream)
+                if diagonal and i < last:
+                    # its row has holes: the summaries are not emitted (expected)
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings(
+                            "ignore", message="AccuracyMatrix: some rows are missing"
+                        )
+                        model_strategy.eval([test_stream[i]])
+                else:
+                    model_strategy.eval(test_stream)
     finally:
         model_strategy.eval = inner_eval
     total = time.perf_counter() - t_start
@@ -500,7 +587,12 @@ def run_experiment(
     R = _percent(cmetrics[0].matrix)
     b = cmetrics[0].initial
     b = None if b is None else [None if v is None else 100.0 * v for v in b]
-    summary = _summaries(R, b, joint=s_spec.fit is not None)
+    summary = _summaries(
+        R,
+        b,
+        joint=s_spec.fit is not None,
+        evaluation="diagonal" if diagonal else "matrix",
+    )
     results: Dict[str, Any] = {
         "strategy": strategy,
         "benchmark": benchmark,
@@ -515,6 +607,7 @@ def run_experiment(
             "online": online,
             "online_batch": online_batch if online else None,
             "initial_eval": initial_eval,
+            "evaluation": evaluation,
             "command": command,
             "versions": versions(),
         },
@@ -633,7 +726,7 @@ class MissingRunError(LookupError):
 
 #: ``run_experiment`` keyword arguments that are part of a run's configuration.
 _CONFIG_ARGS = ("scenario", "seed", "hparams", "preset", "benchmark_options")
-_CONFIG_ARGS += ("initial_eval",)
+_CONFIG_ARGS += ("initial_eval", "evaluation")
 #: ``run_experiment`` keyword arguments that say how to execute it.
 _SETTING_ARGS = ("data_root", "device", "progress", "plots", "tensorboard", "csv")
 _SETTING_ARGS += ("command", "save_model")
