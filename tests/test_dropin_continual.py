@@ -623,3 +623,20 @@ def test_bad_input_is_refused_and_never_trained_on(method):
     if method != "nccl":  # memories per batch larger than the memory
         with pytest.raises(ValueError, match="replay_batch_size"):
             build(mem_size=1)
+
+
+@pytest.mark.parametrize("method", ["er", "nccl"])
+def test_deferred_nan_check_reads_the_flag_by_the_end_of_the_experience(method):
+    """``nan_check_every`` (what a GPU uses by default): the losses are flagged on
+    the device and the flag is read at the end of the experience at the latest, so
+    a NaN still stops training with an error that says how late it may be."""
+    from avalanche_meta.utils.validation import NonFiniteLossError
+
+    strategy = BUILDERS[method](nan_check_every=1000)
+    assert strategy.nan_check_every == 1000
+    x = torch.rand(10, 784)
+    x[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="a loss of the last"):
+        strategy.train(_exp_of(x, torch.arange(10) % 2))
+    with pytest.raises(ValueError, match="nan_check_every"):
+        BUILDERS[method](nan_check_every=0)

@@ -194,3 +194,29 @@ def test_active_units_masks_without_reading_values_back():
     units.observe_classes([0, 1], task=0)
     rows = units.active(torch.tensor([0, 3, -1]), 3)
     assert rows.tolist() == [[True, True, False, False]] + [[True] * 4] * 2
+
+
+def test_loss_guard_checks_at_once_on_cpu_and_defers_when_asked():
+    """On the CPU every loss is checked when it is given; with ``every=3`` a
+    non-finite loss is found at the third check (or by ``flush``), the error saying
+    how late it may be; ``every`` must be a positive integer."""
+    from avalanche_meta.utils.validation import LossGuard, NonFiniteLossError
+
+    nan = torch.tensor(float("nan"))
+    ok = torch.tensor(1.0)
+    guard = LossGuard()
+    assert guard(ok, "x") is ok
+    with pytest.raises(NonFiniteLossError, match="training stopped instead"):
+        guard(nan, "at once")
+    late = LossGuard(every=3)
+    late(nan, "deferred")  # flagged, not read yet
+    late(ok, "deferred")
+    with pytest.raises(NonFiniteLossError, match="a loss of the last 3 steps"):
+        late(ok, "deferred")
+    late(nan, "deferred")
+    with pytest.raises(NonFiniteLossError, match="nan_check_every=1 checks every"):
+        late.flush()
+    late.flush()  # nothing pending: no error
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="nan_check_every"):
+            LossGuard(every=bad)

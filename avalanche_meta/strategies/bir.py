@@ -132,7 +132,7 @@ from avalanche_meta.utils.scenario import (
 from avalanche_meta.utils.validation import (
     NonFiniteLossError,
     check_choice,
-    check_finite_loss,
+    LossGuard,
     check_in_interval,
     check_positive,
     cross_entropy_departures,
@@ -579,9 +579,7 @@ class BrainInspiredReplay(KeywordOnlyConstruction, SupervisedTemplate):
         #: experiences trained so far (before the current one)
         self.experiences_seen = 0
         self.fused = bool(fused)
-        if nan_check_every is not None:
-            check_positive("nan_check_every", nan_check_every, integer=True)
-        self.nan_check_every = nan_check_every
+        self._loss_guard = LossGuard(nan_check_every)
         # the loss terms of the last iteration, as tensors (see `loss_terms`)
         self._terms: Dict[str, Tensor] = {}
         self._vae_terms: Dict[str, Tuple[Tensor, Tensor]] = {}
@@ -589,9 +587,6 @@ class BrainInspiredReplay(KeywordOnlyConstruction, SupervisedTemplate):
         self._rep_out = None
         self._h_cur = None
         self._cache: Dict[str, tuple] = {}
-        self._nonfinite: Optional[Tensor] = None
-        self._nonfinite_where = "BrainInspiredReplay"
-        self._since_check = 0
         self._x = self._y = self._t = None
         self._mb_raw_output: Optional[Tensor] = None
         #: Task-IL: the experience that first used each task label
@@ -852,7 +847,7 @@ class BrainInspiredReplay(KeywordOnlyConstruction, SupervisedTemplate):
             if not self.feedback:
                 self._generator_step()
             self._after_training_iteration(**kwargs)
-        self._check_nonfinite_flag()
+        self._loss_guard.flush()
 
     @property
     def _n(self) -> int:
@@ -1161,43 +1156,19 @@ class BrainInspiredReplay(KeywordOnlyConstruction, SupervisedTemplate):
         return self._check_loss(loss, "BrainInspiredReplay")
 
     # -- non-finite losses ----------------------------------------------------------------
+    @property
+    def nan_check_every(self) -> Optional[int]:
+        """How often a non-finite loss is looked for (see :class:`LossGuard`)."""
+        return self._loss_guard.every
+
     def _check_loss(self, loss: Tensor, where: str) -> Tensor:
-        """Raise on a non-finite loss (see ``nan_check_every``).
-
-        On the CPU, or with ``nan_check_every=1``, every loss is checked before the
-        backward pass, so a NaN is never stepped on (on the CPU reading a scalar
-        costs no device synchronisation). On other devices, by default, a flag
-        tensor collects ``~isfinite(loss)`` without leaving the device, and it is
-        read every ``nan_check_every`` iterations and at the end of every
-        experience: the error then comes at most that many iterations late, says
-        so, and the model must be restored from a checkpoint.
-        """
-        every = self.nan_check_every
-        if every is None:
-            every = 1 if loss.device.type == "cpu" else 100
-        if every == 1:
-            return check_finite_loss(loss, where)
-        bad = ~torch.isfinite(loss.detach())
-        flag = self._nonfinite
-        self._nonfinite = bad if flag is None else flag | bad
-        self._nonfinite_where = where
-        self._since_check += 1
-        if self._since_check >= every:
-            self._check_nonfinite_flag()
-        return loss
-
-    def _check_nonfinite_flag(self) -> None:
-        flag, n = self._nonfinite, self._since_check
-        self._nonfinite, self._since_check = None, 0
-        if flag is not None and bool(flag):
-            raise NonFiniteLossError(
-                f"{self._nonfinite_where}: a loss of the last {n} iterations was not "
-                "finite (checked every `nan_check_every` iterations on this device, "
-                "so the model may have been updated with it since): restore the "
-                "model from a checkpoint; lower the learning rate, check the inputs "
-                "for NaN/inf, or clip gradients; nan_check_every=1 checks every "
-                "iteration."
-            )
+        """Raise on a non-finite loss (:class:`~avalanche_meta.utils.validation.
+        LossGuard`, ``nan_check_every``): on the CPU, or with ``nan_check_every=1``,
+        every loss is checked before the backward pass, so a NaN is never stepped
+        on; on other devices, by default, an on-device flag is read every 100
+        iterations and at the end of every experience (the error then says the
+        model must be restored from a checkpoint)."""
+        return self._loss_guard(loss, where)
 
     # -- loss terms, read on demand ---------------------------------------------------------
     def _record_vae_terms(self, prefix: str, out) -> None:

@@ -44,7 +44,7 @@ from avalanche_meta.utils.scenario import (
 from avalanche_meta.utils.validation import (
     check_choice,
     cross_entropy_departures,
-    check_finite_loss,
+    LossGuard,
     check_positive,
 )
 
@@ -641,8 +641,14 @@ class ER(PerExampleReplayTemplate):
     each example's step when a plugin implements one of them, with ``mbatch`` set
     to the replay batch, so ``EWCPlugin``, ``SynapticIntelligencePlugin`` or
     ``LwFPlugin`` add their terms to every step; ``ReplayPlugin`` and XdG compose
-    too (see :class:`PerExampleReplayTemplate`). On a GPU each step's loss is
-    checked before its update (one host sync per example).
+    too (see :class:`PerExampleReplayTemplate`).
+
+    :param nan_check_every: how often a non-finite loss is looked for
+        (:class:`~avalanche_meta.utils.validation.LossGuard`). None: every step on
+        the CPU (before its backward pass, so a NaN is never stepped on); on other
+        devices an on-device flag read every 100 steps and at the end of every
+        experience, so the steps need no host synchronisation. 1: every step on
+        every device.
 
     Example::
 
@@ -677,8 +683,10 @@ class ER(PerExampleReplayTemplate):
         ] = default_evaluator,
         eval_every: int = -1,
         peval_mode: str = "epoch",
+        nan_check_every: Optional[int] = None,
         **kwargs,
     ):
+        guard = LossGuard(nan_check_every)
         if optimizer is None:
             optimizer, lr = _default_sgd(model, lr)
         elif lr is not None:
@@ -705,7 +713,19 @@ class ER(PerExampleReplayTemplate):
             **kwargs,
         )
 
+        self._loss_guard = guard
+
     FIRES_STEP_CALLBACKS = True
+
+    @property
+    def nan_check_every(self) -> Optional[int]:
+        """How often a non-finite loss is looked for (see the class)."""
+        return self._loss_guard.every
+
+    def training_epoch(self, **kwargs):
+        """The template's pass, then the pending non-finite check is read."""
+        super().training_epoch(**kwargs)
+        self._loss_guard.flush()
 
     def learn_example(self, x: Tensor, y: Tensor, t: Tensor) -> None:
         """One optimizer step on the replay batch of ``(x, y, t)``.
@@ -715,7 +735,7 @@ class ER(PerExampleReplayTemplate):
         replay batch while ``before/after_forward``, ``before/after_backward``
         (where plugins add their penalties to ``loss``) and
         ``before/after_update`` fire; then the mini-batch is restored. The loss
-        is checked before the backward pass (one host sync per example).
+        is checked before the backward pass (``nan_check_every``).
         """
         position = "last" if self.convention == "original" else "first"
         xb, yb, tb, _ = self.replay_batch(x[0], y[0], t[0], 1, position)
@@ -723,7 +743,7 @@ class ER(PerExampleReplayTemplate):
         if not self._fire_step_callbacks:
             self.optimizer.zero_grad()
             loss = F.cross_entropy(self.logits(xb, tb), yb)
-            check_finite_loss(loss, "ER (replay batch)")
+            self._loss_guard(loss, "ER (replay batch)")
             loss.backward()
             self.optimizer.step()
             return
@@ -737,7 +757,7 @@ class ER(PerExampleReplayTemplate):
             self._after_forward()
             self.loss += F.cross_entropy(self.mb_output, yb)
             self._before_backward()
-            check_finite_loss(self.loss, "ER (replay batch, with the plugins' terms)")
+            self._loss_guard(self.loss, "ER (replay batch, with the plugins' terms)")
             self.backward()
             self._after_backward()
             self._before_update()

@@ -146,7 +146,7 @@ from avalanche_meta.utils.scenario import (
 )
 from avalanche_meta.utils.validation import (
     check_choice,
-    check_finite_loss,
+    LossGuard,
     check_non_negative,
     check_positive,
 )
@@ -265,6 +265,11 @@ class NeuronCalibration(KeywordOnlyConstruction, SupervisedTemplate):
         "same inner loop, no calibration update".
     :param num_classes: output units (default: the output layer's, the model's last
         ``nn.Linear``).
+    :param nan_check_every: how often a non-finite loss (inner and outer) is looked
+        for (:class:`~avalanche_meta.utils.validation.LossGuard`). None: every step
+        on the CPU, before it is stepped on; on other devices an on-device flag
+        read every 100 losses and at the end of every experience, so the steps
+        need no host synchronisation. 1: every step on every device.
     """
 
     def __init__(
@@ -300,9 +305,11 @@ class NeuronCalibration(KeywordOnlyConstruction, SupervisedTemplate):
         plugins=None,
         evaluator=default_evaluator,
         eval_every: int = -1,
+        nan_check_every: Optional[int] = None,
         **kwargs,
     ):
         scenario = check_scenario(scenario)
+        guard = LossGuard(nan_check_every)
         if scenario == "domain":
             scenario = "class"  # all units active once every class was seen
         check_positive("mem_size", mem_size, integer=True)
@@ -389,6 +396,7 @@ class NeuronCalibration(KeywordOnlyConstruction, SupervisedTemplate):
         self.beta, self.consolidation = beta, consolidation
         self.second_order, self.grad_clip = bool(second_order), grad_clip
         self.outer_loop = bool(outer_loop)
+        self._loss_guard = guard
         self.model.to(self.device)
         self.memory = CalibrationMemory(mem_size).to(self.device)
         self.active_units = ActiveUnits(num_classes, scenario).to(self.device)
@@ -567,6 +575,12 @@ class NeuronCalibration(KeywordOnlyConstruction, SupervisedTemplate):
             self._before_training_iteration(**kwargs)
             self._calibrated_step(**kwargs)
             self._after_training_iteration(**kwargs)
+        self._loss_guard.flush()
+
+    @property
+    def nan_check_every(self) -> Optional[int]:
+        """How often a non-finite loss is looked for (see the class)."""
+        return self._loss_guard.every
 
     def _calibrated_step(self, **kwargs) -> None:
         x, y, t = self.mb_x, self.mb_y, self.mb_task_id
@@ -619,7 +633,7 @@ class NeuronCalibration(KeywordOnlyConstruction, SupervisedTemplate):
             self.mb_output = self.forward()
             self._after_forward(**kwargs)
             self.loss += self.criterion()
-            check_finite_loss(self.loss, "NeuronCalibration inner loop")
+            self._loss_guard(self.loss, "NeuronCalibration inner loop")
             self._before_backward(**kwargs)
             self.backward()
             self._after_backward(**kwargs)
@@ -646,7 +660,7 @@ class NeuronCalibration(KeywordOnlyConstruction, SupervisedTemplate):
             loss = self._criterion(self.mb_output, self.mb_y)
             if self.gamma > 0:
                 loss = loss + self.gamma * self._replay_loss(learner)
-            self.loss = check_finite_loss(loss, "NeuronCalibration inner loop")
+            self.loss = self._loss_guard(loss, "NeuronCalibration inner loop")
             grads = torch.autograd.grad(
                 loss, [params[i] for i in base], create_graph=True, allow_unused=True
             )
@@ -665,7 +679,7 @@ class NeuronCalibration(KeywordOnlyConstruction, SupervisedTemplate):
             L_c = L_c + self.consolidation * consolidation_loss(
                 calibrated_weights(net), theta_tilde_old, Lambda
             )
-        check_finite_loss(L_c, "NeuronCalibration outer (calibration) loss")
+        self._loss_guard(L_c, "NeuronCalibration outer (calibration) loss")
         grads = torch.autograd.grad(L_c, psi, allow_unused=True)
         grads = _clip(
             [None if g is None else g.detach() for g in grads], self.grad_clip

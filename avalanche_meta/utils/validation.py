@@ -87,6 +87,63 @@ def check_choice(name: str, value, choices: Iterable) -> None:
         )
 
 
+class LossGuard:
+    """Looks for non-finite losses without a device synchronisation per step.
+
+    On the CPU, or with ``every=1``, every loss is checked at once
+    (:func:`check_finite_loss`: reading a CPU scalar synchronises nothing), so a
+    non-finite loss is never stepped on. On other devices, by default, a flag
+    tensor collects ``~isfinite(loss)`` on the device and is read every ``every``
+    checks and by :meth:`flush` (the strategies call it at the end of every
+    experience): the error then comes at most ``every`` steps late, says so, and
+    the model must be restored from a checkpoint.
+
+    :param every: how often the flag is read on a non-CPU device (None: 100).
+    :raises ValueError: ``every`` not a positive integer.
+    """
+
+    #: steps between reads of the flag on a non-CPU device when ``every`` is None
+    DEFAULT_EVERY = 100
+
+    def __init__(self, every: Optional[int] = None) -> None:
+        if every is not None:
+            check_positive("nan_check_every", every, integer=True)
+        self.every = every
+        self._flag: Optional[torch.Tensor] = None
+        self._count = 0
+        self._where = ""
+
+    def __call__(self, loss: torch.Tensor, where: str) -> torch.Tensor:
+        """``loss``, checked now or flagged (see the class); raises
+        :class:`NonFiniteLossError` when a check finds a non-finite value."""
+        every = self.every
+        if every is None:
+            every = 1 if loss.device.type == "cpu" else self.DEFAULT_EVERY
+        if every == 1:
+            return check_finite_loss(loss, where)
+        bad = ~torch.isfinite(loss.detach()).all()
+        self._flag = bad if self._flag is None else self._flag | bad
+        self._where = where
+        self._count += 1
+        if self._count >= every:
+            self.flush()
+        return loss
+
+    def flush(self) -> None:
+        """Read the flag (one synchronisation) and raise if a flagged loss was not
+        finite; nothing to do when every loss was checked at once."""
+        flag, n = self._flag, self._count
+        self._flag, self._count = None, 0
+        if flag is not None and bool(flag):
+            raise NonFiniteLossError(
+                f"{self._where}: a loss of the last {n} steps was not finite (checked "
+                "every `nan_check_every` steps on this device, so the model may have "
+                "been updated with it since): restore the model from a checkpoint; "
+                "lower the learning rate, check the inputs for NaN/inf, or clip "
+                "gradients; nan_check_every=1 checks every step."
+            )
+
+
 def check_finite_loss(loss: torch.Tensor, where: str) -> torch.Tensor:
     """Return ``loss`` if it is finite, else raise :class:`NonFiniteLossError`.
 
