@@ -540,6 +540,15 @@ def test_diagonal_evaluation_gives_the_matrix_runs_ra_la_bti(tmp_path):
     res = run_sweep([cfg], store, log=None, progress=False).get(cfg)
     assert res["config"]["evaluation"] == "diagonal"
     assert res["average_accuracy"] == full["average_accuracy"]
+    # a strategy with its own training loop (Joint) cannot evaluate per experience
+    with pytest.raises(UsageError, match="runs its own training loop"):
+        run_experiment(
+            "joint",
+            "split-digits",
+            out_dir=tmp_path / "j",
+            evaluation="diagonal",
+            **common,
+        )
 
 
 def test_mer_table_evaluates_many_permutations_on_the_diagonal():

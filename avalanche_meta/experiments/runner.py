@@ -28,8 +28,8 @@ import platform
 import random
 import resource
 import sys
-import warnings
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -539,7 +539,13 @@ def run_experiment(
     test_stream = info.benchmark.test_stream
 
     train_stream = info.benchmark.train_stream
-    diagonal = evaluation == "diagonal" and s_spec.fit is None
+    diagonal = evaluation == "diagonal"
+    if diagonal and s_spec.fit is not None:
+        raise UsageError(
+            f"evaluation='diagonal' evaluates after each training experience, but "
+            f"{strategy!r} runs its own training loop (all experiences at once, or "
+            "few-shot episodes); use evaluation='matrix'."
+        )
     if diagonal and len(test_stream) != len(train_stream):
         raise UsageError(
             f"evaluation='diagonal' pairs training and test experiences, but "
@@ -591,7 +597,7 @@ def run_experiment(
         R,
         b,
         joint=s_spec.fit is not None,
-        evaluation="diagonal" if diagonal else "matrix",
+        evaluation=evaluation,
     )
     results: Dict[str, Any] = {
         "strategy": strategy,

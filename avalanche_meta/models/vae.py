@@ -51,7 +51,6 @@ from avalanche_meta.models.gates import ContextGates
 from avalanche_meta.utils.validation import (
     check_choice,
     check_in_interval,
-    check_non_negative,
     check_positive,
 )
 

@@ -130,9 +130,8 @@ from avalanche_meta.utils.scenario import (
     experience_identity,
 )
 from avalanche_meta.utils.validation import (
-    NonFiniteLossError,
-    check_choice,
     LossGuard,
+    check_choice,
     check_in_interval,
     check_positive,
     cross_entropy_departures,
@@ -1153,22 +1152,16 @@ class BrainInspiredReplay(KeywordOnlyConstruction, SupervisedTemplate):
         loss_rep = self._replay_loss() if self._replay is not None else None
         loss = replay_weighting(loss_cur, loss_rep, self._n)
         self._terms["total"] = loss.detach()
-        return self._check_loss(loss, "BrainInspiredReplay")
+        return self._loss_guard(loss, "BrainInspiredReplay")
 
     # -- non-finite losses ----------------------------------------------------------------
     @property
     def nan_check_every(self) -> Optional[int]:
-        """How often a non-finite loss is looked for (see :class:`LossGuard`)."""
+        """How often a non-finite loss is looked for (:class:`LossGuard`): on the
+        CPU, or with 1, every loss before its backward pass, so a NaN is never
+        stepped on; on other devices, by default, an on-device flag read every 100
+        iterations and at the end of every experience."""
         return self._loss_guard.every
-
-    def _check_loss(self, loss: Tensor, where: str) -> Tensor:
-        """Raise on a non-finite loss (:class:`~avalanche_meta.utils.validation.
-        LossGuard`, ``nan_check_every``): on the CPU, or with ``nan_check_every=1``,
-        every loss is checked before the backward pass, so a NaN is never stepped
-        on; on other devices, by default, an on-device flag is read every 100
-        iterations and at the end of every experience (the error then says the
-        model must be restored from a checkpoint)."""
-        return self._loss_guard(loss, where)
 
     # -- loss terms, read on demand ---------------------------------------------------------
     def _record_vae_terms(self, prefix: str, out) -> None:
@@ -1231,7 +1224,7 @@ class BrainInspiredReplay(KeywordOnlyConstruction, SupervisedTemplate):
         if r is not None:
             self._record_vae_terms("generator_replay", outs[1])
             loss_rep = outs[1].generation.mean()
-        loss = self._check_loss(
+        loss = self._loss_guard(
             replay_weighting(loss_cur, loss_rep, self._n),
             "BrainInspiredReplay (generator)",
         )
